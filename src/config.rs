@@ -1,0 +1,103 @@
+//! One configuration for every part, from flags and their environment variables (the flag
+//! wins). Parsed once at start; the rest of the crate takes these checked values.
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Where the database is. `dev` starts its own cluster when this is absent.
+#[derive(Args, Clone, Default)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Connection URLs carry passwords: never print them.
+        let shown = self.database_url.as_ref().map(|_| "<redacted>");
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &shown)
+            .finish()
+    }
+}
+
+/// Settings of the web tier.
+#[derive(Args, Clone, Debug)]
+pub struct WebArgs {
+    /// Address to listen on (port 0 picks a free port; the bound URL is printed).
+    #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seconds between `: keep-alive` comments on idle SSE streams.
+    #[arg(long, env = "JOBCAST_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "JOBCAST_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Comma-separated origins allowed to call the API from a browser (`*`: any).
+    #[arg(long, env = "JOBCAST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+impl WebArgs {
+    /// The SSE keep-alive period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+}
+
+/// Settings of a worker process.
+#[derive(Args, Clone, Debug)]
+pub struct WorkArgs {
+    /// Comma-separated queues to take jobs from.
+    #[arg(
+        long,
+        env = "JOBCAST_QUEUES",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub queues: Vec<String>,
+    /// Jobs run at once by this process.
+    #[arg(long, env = "JOBCAST_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Seconds a claimed attempt is leased for; a heartbeat extends it.
+    #[arg(long, env = "JOBCAST_LEASE_SECS", default_value_t = 30.0, value_parser = parse_positive_secs)]
+    pub lease_secs: f64,
+    /// Base of the exponential retry backoff, in milliseconds.
+    #[arg(long, env = "JOBCAST_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// Seconds SIGTERM waits for running jobs before handing them back.
+    #[arg(long, env = "JOBCAST_GRACE_SECS", default_value_t = 30.0, value_parser = parse_non_negative_secs)]
+    pub grace_secs: f64,
+    /// Days finished jobs and their events are kept (0 keeps them forever).
+    #[arg(long, env = "JOBCAST_RETENTION_DAYS", default_value_t = 7.0, value_parser = parse_non_negative_secs)]
+    pub retention_days: f64,
+}
+
+impl WorkArgs {
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs_f64(self.lease_secs)
+    }
+
+    /// The shutdown grace period.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.grace_secs)
+    }
+}
+
+fn parse_positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number, got {s:?}")),
+    }
+}
+
+fn parse_non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a non-negative number, got {s:?}")),
+    }
+}

@@ -1,0 +1,157 @@
+//! Reading persisted events: the truth behind every stream. NOTIFY only says "look".
+use std::fmt;
+use std::str::FromStr;
+
+use bytestring::ByteString;
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+
+use super::{GenericClient, Result};
+use crate::job::JobId;
+
+/// One persisted event, ready to be framed for SSE. Cheap to clone: every subscriber of
+/// a job shares the same strings.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The job.
+    pub job_id: i64,
+    /// The job's own event number.
+    pub seq: i32,
+    /// Event type.
+    pub event_type: ByteString,
+    /// The `data` JSON, on one line.
+    pub data: ByteString,
+    /// When the event was written (its `at`), for delivery latency.
+    pub at: Option<DateTime<Utc>>,
+    /// Commit-ordered position, for the firehose.
+    pub cursor: Cursor,
+}
+
+impl Frame {
+    fn from_row(row: &Row) -> Result<Frame> {
+        let at: Option<String> = row.try_get("at")?;
+        let xid: String = row.try_get("xid")?;
+        Ok(Frame {
+            job_id: row.try_get("job_id")?,
+            seq: row.try_get("seq")?,
+            event_type: ByteString::from(row.try_get::<_, String>("type")?),
+            data: ByteString::from(row.try_get::<_, String>("data")?),
+            at: at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())),
+            cursor: Cursor {
+                xid: xid.parse().unwrap_or(0),
+                id: row.try_get("id")?,
+            },
+        })
+    }
+
+    /// Whether the job's stream ends with this event.
+    pub fn is_terminal(&self) -> bool {
+        crate::job::is_terminal_event(&self.event_type)
+    }
+}
+
+/// A position in the firehose: (transaction id, event id), ordered. Events are read only
+/// once their transaction is older than every running one, so a cursor never jumps over
+/// an event that commits later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The writing transaction's xid8.
+    pub xid: u64,
+    /// The event's insert-order id.
+    pub id: i64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.xid, self.id)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (xid, id) = s.split_once('-').ok_or(())?;
+        Ok(Cursor {
+            xid: xid.parse().map_err(|_| ())?,
+            id: id.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+const FRAME_COLUMNS: &str = "e.job_id, e.seq, e.type, e.data::text as data, \
+                             e.data->>'at' as at, e.xid::text as xid, e.id";
+
+/// Events of one job after `after_seq`, in order.
+pub async fn read_job_events(
+    client: &impl GenericClient,
+    job_id: JobId,
+    after_seq: i32,
+    limit: i64,
+) -> Result<Vec<Frame>> {
+    let statement = client
+        .prepare_cached(&format!(
+            "select {FRAME_COLUMNS} from jobcast.events e
+              where e.job_id = $1 and e.seq > $2 order by e.seq limit $3"
+        ))
+        .await?;
+    let rows = client
+        .query(&statement, &[&job_id.0, &after_seq, &limit])
+        .await?;
+    rows.iter().map(Frame::from_row).collect()
+}
+
+/// Events of several jobs, each after its own seq, ordered by job then seq.
+pub async fn read_events_after(
+    client: &impl GenericClient,
+    after: &[(i64, i32)],
+    limit: i64,
+) -> Result<Vec<Frame>> {
+    let (ids, seqs): (Vec<i64>, Vec<i32>) = after.iter().copied().unzip();
+    let statement = client
+        .prepare_cached(&format!(
+            "select {FRAME_COLUMNS}
+               from unnest($1::bigint[], $2::integer[]) as u(job_id, after_seq)
+               join jobcast.events e on e.job_id = u.job_id and e.seq > u.after_seq
+              order by e.job_id, e.seq limit $3"
+        ))
+        .await?;
+    let rows = client.query(&statement, &[&ids, &seqs, &limit]).await?;
+    rows.iter().map(Frame::from_row).collect()
+}
+
+/// The firehose after `after`, in commit order: every frame, each with whether it passes
+/// the queue and kind filters (the cursor advances over all of them).
+pub async fn read_firehose(
+    client: &impl GenericClient,
+    after: Cursor,
+    queue: Option<&str>,
+    kind: Option<&str>,
+    limit: i32,
+) -> Result<Vec<(Frame, bool)>> {
+    let statement = client
+        .prepare_cached(&format!(
+            "select {FRAME_COLUMNS}, e.matches
+               from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e"
+        ))
+        .await?;
+    let xid = after.xid.to_string();
+    let rows = client
+        .query(&statement, &[&xid, &after.id, &queue, &kind, &limit])
+        .await?;
+    rows.iter()
+        .map(|row| Ok((Frame::from_row(row)?, row.try_get("matches")?)))
+        .collect()
+}
+
+/// The firehose position of "now": every event at or after it is yet to be read.
+pub async fn firehose_now(client: &impl GenericClient) -> Result<Cursor> {
+    let statement = client
+        .prepare_cached("select pg_snapshot_xmin(pg_current_snapshot())::text")
+        .await?;
+    let row = client.query_one(&statement, &[]).await?;
+    let xmin: String = row.try_get(0)?;
+    Ok(Cursor {
+        xid: xmin.parse::<u64>().unwrap_or(1).saturating_sub(1),
+        id: i64::MAX,
+    })
+}

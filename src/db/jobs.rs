@@ -1,0 +1,284 @@
+//! Job transitions: one function per `jobcast.<verb>_<noun>` in `sql/jobcast.sql`.
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{GenericClient, Result};
+use crate::job::{Job, JobId, JobSpec, Status};
+
+/// `jobcast.enqueue_jobs`: all specs in one statement (and one transaction).
+pub async fn enqueue_jobs(client: &impl GenericClient, specs: &[JobSpec]) -> Result<Vec<Job>> {
+    let payload = Value::Array(specs.iter().map(JobSpec::to_sql_json).collect());
+    let statement = client
+        .prepare_cached("select * from jobcast.enqueue_jobs($1)")
+        .await?;
+    let rows = client.query(&statement, &[&payload]).await?;
+    Ok(rows
+        .iter()
+        .map(Job::from_row)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// The outcome of an enqueue under an idempotency key.
+pub struct Enqueued {
+    /// The job, new or existing.
+    pub job: Job,
+    /// Whether this call created it.
+    pub created: bool,
+    /// The stored fingerprint of the request that created it.
+    pub request_hash: Option<String>,
+}
+
+/// `jobcast.enqueue_job`: one job, optionally under an idempotency key.
+pub async fn enqueue_job(
+    client: &impl GenericClient,
+    spec: &JobSpec,
+    idempotency_key: Option<&str>,
+) -> Result<Enqueued> {
+    let statement = client
+        .prepare_cached("select (job).*, created from jobcast.enqueue_job($1, $2, $3)")
+        .await?;
+    let fingerprint = spec.fingerprint();
+    let row = client
+        .query_one(
+            &statement,
+            &[&spec.to_sql_json(), &idempotency_key, &fingerprint],
+        )
+        .await?;
+    Ok(Enqueued {
+        job: Job::from_row(&row)?,
+        created: row.try_get("created")?,
+        request_hash: row.try_get("request_hash")?,
+    })
+}
+
+/// One job by id.
+pub async fn get_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
+    let statement = client
+        .prepare_cached("select * from jobcast.jobs where id = $1")
+        .await?;
+    let row = client.query_opt(&statement, &[&id.0]).await?;
+    Ok(row.as_ref().map(Job::from_row).transpose()?)
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Debug, Default)]
+pub struct JobFilter {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only ids below this one (keyset cursor).
+    pub before: Option<JobId>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Jobs newest first, by keyset pagination on the id.
+pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Result<Vec<Job>> {
+    let statement = client
+        .prepare_cached(
+            "select * from jobcast.jobs
+              where ($1::text is null or queue = $1)
+                and ($2::text is null or kind = $2)
+                and ($3::text is null or status = $3::text::jobcast.job_status)
+                and ($4::bigint is null or id < $4)
+              order by id desc
+              limit $5",
+        )
+        .await?;
+    let status = filter.status.map(Status::as_str);
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &filter.queue,
+                &filter.kind,
+                &status,
+                &filter.before.map(|id| id.0),
+                &filter.limit,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(Job::from_row)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// `jobcast.cancel_job`: the cancelled job, or `None` when unknown or already terminal.
+pub async fn cancel_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
+    let statement = client
+        .prepare_cached("select * from jobcast.cancel_job($1)")
+        .await?;
+    let row = client.query_opt(&statement, &[&id.0]).await?;
+    Ok(row.as_ref().map(Job::from_row).transpose()?)
+}
+
+/// `jobcast.claim_jobs`: up to `limit` due jobs, now running under `worker`'s lease.
+pub async fn claim_jobs(
+    client: &impl GenericClient,
+    queues: &[String],
+    kinds: Option<&[String]>,
+    worker: &str,
+    limit: i32,
+    lease_secs: f64,
+) -> Result<Vec<Job>> {
+    let statement = client
+        .prepare_cached("select * from jobcast.claim_jobs($1, $2, $3, $4, $5)")
+        .await?;
+    let rows = client
+        .query(&statement, &[&queues, &kinds, &worker, &limit, &lease_secs])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(Job::from_row)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// The earliest future `run_at` of a queued job in `queues`, to sleep until it.
+pub async fn next_run_at(
+    client: &impl GenericClient,
+    queues: &[String],
+) -> Result<Option<DateTime<Utc>>> {
+    let statement = client
+        .prepare_cached(
+            "select min(run_at) from jobcast.jobs
+              where queue = any($1) and status = 'queued' and run_at > now()",
+        )
+        .await?;
+    let row = client.query_one(&statement, &[&queues]).await?;
+    Ok(row.try_get(0)?)
+}
+
+/// `jobcast.record_events`: `(index, seq)` of each accepted element (1-based index).
+pub async fn record_events(
+    client: &impl GenericClient,
+    worker: &str,
+    events: &Value,
+) -> Result<Vec<(i32, i32)>> {
+    let statement = client
+        .prepare_cached("select idx, seq from jobcast.record_events($1, $2)")
+        .await?;
+    let rows = client.query(&statement, &[&worker, events]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// `jobcast.complete_jobs`: ids of the attempts that succeeded (others were fenced out).
+pub async fn complete_jobs(
+    client: &impl GenericClient,
+    worker: &str,
+    results: &Value,
+) -> Result<Vec<i64>> {
+    let statement = client
+        .prepare_cached("select job_id from jobcast.complete_jobs($1, $2)")
+        .await?;
+    let rows = client.query(&statement, &[&worker, results]).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// How an attempt failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt that failed.
+    pub attempt: i32,
+    /// The `error` object stored and sent.
+    pub error: Value,
+    /// Whether another attempt may run.
+    pub retryable: bool,
+    /// Backoff before the next attempt.
+    pub retry_delay_ms: i64,
+}
+
+/// `jobcast.fail_job`: whether the failure was recorded (false: fenced out).
+pub async fn fail_job(
+    client: &impl GenericClient,
+    worker: &str,
+    failure: &Failure,
+) -> Result<bool> {
+    let statement = client
+        .prepare_cached("select id from jobcast.fail_job($1, $2, $3, $4, $5, $6)")
+        .await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &failure.job_id.0,
+                &failure.attempt,
+                &worker,
+                &failure.error,
+                &failure.retryable,
+                &failure.retry_delay_ms,
+            ],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// `jobcast.heartbeat_jobs`: ids still held by `worker` after extending their leases.
+pub async fn heartbeat_jobs(
+    client: &impl GenericClient,
+    worker: &str,
+    held: &[(i64, i32)],
+    lease_secs: f64,
+) -> Result<Vec<i64>> {
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+    let statement = client
+        .prepare_cached("select job_id from jobcast.heartbeat_jobs($1, $2, $3, $4)")
+        .await?;
+    let rows = client
+        .query(&statement, &[&worker, &ids, &attempts, &lease_secs])
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// `jobcast.release_jobs`: hand attempts back on shutdown without counting them.
+pub async fn release_jobs(
+    client: &impl GenericClient,
+    worker: &str,
+    held: &[(i64, i32)],
+) -> Result<Vec<i64>> {
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+    let statement = client
+        .prepare_cached("select job_id from jobcast.release_jobs($1, $2, $3)")
+        .await?;
+    let rows = client
+        .query(&statement, &[&worker, &ids, &attempts])
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// `jobcast.reclaim_expired_leases`: how many expired attempts were taken back.
+pub async fn reclaim_expired_leases(
+    client: &impl GenericClient,
+    retry_base_ms: i64,
+    limit: i32,
+) -> Result<i32> {
+    let statement = client
+        .prepare_cached("select jobcast.reclaim_expired_leases($1, $2)")
+        .await?;
+    let row = client
+        .query_one(&statement, &[&retry_base_ms, &limit])
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// `jobcast.prune_finished_jobs`: how many finished jobs older than `days` were removed.
+pub async fn prune_finished_jobs(
+    client: &impl GenericClient,
+    days: f64,
+    limit: i32,
+) -> Result<i32> {
+    let statement = client
+        .prepare_cached(
+            "select jobcast.prune_finished_jobs(make_interval(secs => $1::float8 * 86400), $2)",
+        )
+        .await?;
+    let row = client.query_one(&statement, &[&days, &limit]).await?;
+    Ok(row.try_get(0)?)
+}

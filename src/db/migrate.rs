@@ -1,0 +1,54 @@
+//! `jobcast migrate`: the versioned schema of `migrations/`, then every function of `sql/`,
+//! under one advisory lock so any number of processes may migrate at once.
+use tokio_postgres::NoTls;
+
+use super::{connection_config, Error, Result};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The state machine functions, re-applied on every migrate (`create or replace`).
+const FUNCTIONS: &str = include_str!("../../sql/jobcast.sql");
+
+/// Arbitrary but fixed: the advisory lock key that serializes migrations.
+const MIGRATION_LOCK: i64 = 0x6a6f_6263_6173_74;
+
+/// Applies pending migrations and (re)creates the SQL functions.
+pub async fn run(database_url: &str) -> Result<()> {
+    let config = connection_config(database_url, "jobcast-migrate")?;
+    let (mut client, connection) = config.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    });
+    client
+        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let outcome = apply(&mut client).await;
+    // The lock is released with the session either way; unlock early when we can.
+    let _ = client
+        .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    outcome
+}
+
+async fn apply(client: &mut tokio_postgres::Client) -> Result<()> {
+    let report = embedded::migrations::runner()
+        .set_migration_table_name("jobcast_schema_history")
+        .run_async(client)
+        .await
+        .map_err(|e| Error::Migration(e.to_string()))?;
+    for migration in report.applied_migrations() {
+        tracing::info!(
+            version = migration.version(),
+            name = migration.name(),
+            "applied migration"
+        );
+    }
+    client.batch_execute(FUNCTIONS).await?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The database boundary: the pool, migrations, and one Rust function for each function in
+//! `sql/jobcast.sql` (same name). SQL is never built from strings; every statement is
+//! a parameterized, cached prepared statement.
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub mod events;
+pub mod jobs;
+pub mod migrate;
+
+pub use deadpool_postgres::GenericClient;
+
+/// Errors talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection URL does not parse.
+    #[error("invalid database URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// No pooled connection could be had.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl Error {
+    /// Whether the failure is about reaching the database rather than the statement itself,
+    /// so retrying later may succeed.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Pool(_) => true,
+            Error::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none()
+                    || e.code().is_some_and(|c| {
+                        let code = c.code();
+                        code.starts_with("08") || code.starts_with("57") || code == "53300"
+                    })
+            }
+            Error::Url(_) | Error::Migration(_) => false,
+        }
+    }
+}
+
+/// A result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Parses a connection URL and adds keepalives and timeouts so that a dead or hung link is
+/// noticed in seconds instead of waited on forever.
+pub fn connection_config(url: &str, application: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(Error::Url)?;
+    config
+        .application_name(application)
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20));
+    Ok(config)
+}
+
+/// A pool of `size` connections. Waiting for a connection and creating one are bounded in
+/// time so a request fails with 503 rather than hanging while the database is away.
+pub fn pool(url: &str, application: &str, size: usize) -> Result<Pool> {
+    let config = connection_config(url, application)?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| Error::Migration(format!("cannot build pool: {e}")))
+}

@@ -1,0 +1,294 @@
+//! Per-process fan-out of committed events. One LISTEN connection tells the hub which jobs
+//! have new events; the hub reads them from the table once per batch of notifications and
+//! broadcasts them to every stream following that job. Streams dedupe by `seq` and re-read
+//! the table themselves whenever they see a gap, lag behind, or the hub asks them to.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::events::{read_events_after, Frame};
+use crate::listener::{self, Signal};
+use crate::metrics::METRICS;
+
+/// Frames a topic buffers for its slowest subscriber. Small on purpose: a subscriber that
+/// falls further behind is told it lagged and catches up from the table, so a slow client
+/// costs memory on neither the hub nor anyone else (64 slots ≈ 8 KB per followed job).
+const TOPIC_CAPACITY: usize = 64;
+/// Most events read in one catch-up query; more are read in the next round.
+const FETCH_LIMIT: i64 = 5_000;
+
+/// The channel `jobcast.notify_events` notifies on.
+pub const EVENTS_CHANNEL: &str = "jobcast_events";
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum HubMessage {
+    /// The next event the hub read for this job.
+    Frame(Frame),
+    /// Notifications may have been missed: re-read the table from your last seq.
+    Resync,
+}
+
+struct Topic {
+    sender: broadcast::Sender<HubMessage>,
+    /// The highest seq the hub has broadcast (None until it knows where to start).
+    last_seq: Option<i32>,
+}
+
+struct Inner {
+    pool: Pool,
+    topics: Mutex<HashMap<i64, Topic>>,
+    /// Jobs with notified events not yet read: job id -> lowest notified seq.
+    pending: Mutex<HashMap<i64, i32>>,
+    wake_fetcher: Notify,
+    connected: Arc<AtomicBool>,
+    /// Bumped on every event notification and reconnect; the firehose waits on it.
+    firehose: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn topics(&self) -> MutexGuard<'_, HashMap<i64, Topic>> {
+        // A panic while holding the lock cannot leave the map half-updated (single inserts
+        // and removes), so a poisoned lock is still safe to use.
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<i64, i32>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The fan-out hub of one web process. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    /// Starts the LISTEN connection and the fetcher.
+    pub fn start(
+        listen_config: tokio_postgres::Config,
+        pool: Pool,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        let (signals, connected) = listener::spawn(listen_config, &[EVENTS_CHANNEL], shutdown);
+        let (firehose, _) = watch::channel(0);
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                pool,
+                topics: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                wake_fetcher: Notify::new(),
+                connected,
+                firehose,
+            }),
+        };
+        tokio::spawn(hub.clone().route_signals(signals));
+        tokio::spawn(hub.clone().fetch_loop());
+        hub
+    }
+
+    /// Whether the LISTEN connection is up.
+    pub fn is_listening(&self) -> bool {
+        self.inner.connected.load(Ordering::SeqCst)
+    }
+
+    /// The pool streams read the table with.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Follows one job. Subscribe before reading the table so nothing falls in between.
+    pub fn subscribe(&self, job_id: i64) -> Subscription {
+        let mut topics = self.inner.topics();
+        let topic = topics.entry(job_id).or_insert_with(|| Topic {
+            sender: broadcast::channel(TOPIC_CAPACITY).0,
+            last_seq: None,
+        });
+        Subscription {
+            receiver: Some(topic.sender.subscribe()),
+            job_id,
+            hub: self.inner.clone(),
+        }
+    }
+
+    /// A receiver that changes whenever events may have been committed.
+    pub fn firehose_changes(&self) -> watch::Receiver<u64> {
+        self.inner.firehose.subscribe()
+    }
+
+    async fn route_signals(self, mut signals: mpsc::UnboundedReceiver<Signal>) {
+        while let Some(signal) = signals.recv().await {
+            match signal {
+                Signal::Notification { payload, .. } => self.on_notification(&payload),
+                Signal::Connected { reconnected } => {
+                    if reconnected {
+                        METRICS.listener_reconnects.inc();
+                        self.resync_all();
+                    }
+                }
+                Signal::Disconnected => {}
+            }
+        }
+    }
+
+    fn on_notification(&self, payload: &str) {
+        self.inner.firehose.send_modify(|n| *n = n.wrapping_add(1));
+        if payload == "*" {
+            self.resync_all();
+            return;
+        }
+        let topics = self.inner.topics();
+        let mut pending = self.inner.pending();
+        for entry in payload.split(',') {
+            let mut parts = entry.split(':').map(str::parse::<i64>);
+            let (Some(Ok(job_id)), Some(Ok(first)), Some(Ok(last))) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                tracing::warn!(entry, "ignoring malformed notification");
+                continue;
+            };
+            let Some(topic) = topics.get(&job_id) else {
+                continue;
+            };
+            if topic.last_seq.is_some_and(|seen| i64::from(seen) >= last) {
+                continue;
+            }
+            let first = i32::try_from(first).unwrap_or(i32::MAX);
+            pending
+                .entry(job_id)
+                .and_modify(|lowest| *lowest = (*lowest).min(first))
+                .or_insert(first);
+        }
+        if !pending.is_empty() {
+            self.inner.wake_fetcher.notify_one();
+        }
+    }
+
+    /// After a lost connection or an overflowing payload: every followed job is re-read.
+    fn resync_all(&self) {
+        self.inner.firehose.send_modify(|n| *n = n.wrapping_add(1));
+        let topics = self.inner.topics();
+        let mut pending = self.inner.pending();
+        for (job_id, topic) in topics.iter() {
+            match topic.last_seq {
+                Some(seen) => {
+                    pending.insert(*job_id, seen + 1);
+                }
+                // The hub never read this job: its subscribers know where they are.
+                None => {
+                    let _ = topic.sender.send(HubMessage::Resync);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.inner.wake_fetcher.notify_one();
+        }
+    }
+
+    /// Reads notified events, one query per round, and broadcasts them in seq order.
+    async fn fetch_loop(self) {
+        loop {
+            self.inner.wake_fetcher.notified().await;
+            loop {
+                let batch: Vec<(i64, i32)> = {
+                    let topics = self.inner.topics();
+                    let mut pending = self.inner.pending();
+                    pending
+                        .drain()
+                        .filter_map(|(job_id, first)| {
+                            let topic = topics.get(&job_id)?;
+                            Some((job_id, topic.last_seq.unwrap_or(first - 1)))
+                        })
+                        .collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                if let Err(reason) = self.fetch_and_broadcast(&batch).await {
+                    tracing::warn!(%reason, "reading notified events failed; retrying");
+                    {
+                        let mut pending = self.inner.pending();
+                        for (job_id, after) in batch {
+                            pending.entry(job_id).or_insert(after + 1);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    async fn fetch_and_broadcast(&self, batch: &[(i64, i32)]) -> Result<(), crate::db::Error> {
+        let client = self.inner.pool.get().await?;
+        let frames = read_events_after(&client, batch, FETCH_LIMIT).await?;
+        drop(client);
+        let full = frames.len() as i64 == FETCH_LIMIT;
+        let mut topics = self.inner.topics();
+        for frame in frames {
+            let Some(topic) = topics.get_mut(&frame.job_id) else {
+                continue;
+            };
+            if topic.last_seq.is_some_and(|seen| frame.seq <= seen) {
+                continue;
+            }
+            topic.last_seq = Some(frame.seq);
+            // No receivers is fine: the last subscriber just left.
+            let _ = topic.sender.send(HubMessage::Frame(frame));
+        }
+        if full {
+            let mut pending = self.inner.pending();
+            for (job_id, _) in batch {
+                if let Some(seen) = topics.get(job_id).and_then(|t| t.last_seq) {
+                    pending.entry(*job_id).or_insert(seen + 1);
+                }
+            }
+            self.inner.wake_fetcher.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// A stream's membership of a job's topic; leaving frees the topic with its last member.
+pub struct Subscription {
+    receiver: Option<broadcast::Receiver<HubMessage>>,
+    job_id: i64,
+    hub: Arc<Inner>,
+}
+
+impl Subscription {
+    /// The next message, `Err(Lagged)` when this subscriber fell behind.
+    pub async fn recv(&mut self) -> Result<HubMessage, broadcast::error::RecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+
+    /// Tells the hub how far the table has been read, so its first fetch starts there.
+    pub fn observed(&self, seq: i32) {
+        let mut topics = self.hub.topics();
+        if let Some(topic) = topics.get_mut(&self.job_id) {
+            if topic.last_seq.is_none() {
+                topic.last_seq = Some(seq);
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut topics = self.hub.topics();
+        self.receiver.take();
+        if let Some(topic) = topics.get(&self.job_id) {
+            if topic.sender.receiver_count() == 0 {
+                topics.remove(&self.job_id);
+            }
+        }
+    }
+}

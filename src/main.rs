@@ -1,0 +1,300 @@
+//! The `jobcast` binary: clap, then one function per subcommand. The only place that
+//! prints for people and uses `anyhow`.
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use jobcast::config::{DatabaseArgs, WebArgs, WorkArgs};
+use jobcast::{client, db, embedded, shutdown, web, worker, Registry};
+
+#[derive(Parser)]
+#[command(
+    name = "jobcast",
+    version,
+    about = "Background jobs in PostgreSQL with live progress over SSE"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Web tier + demo worker in one process, on DATABASE_URL or a private cluster.
+    Dev {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        web: WebArgs,
+        #[command(flatten)]
+        work: WorkArgs,
+    },
+    /// The web tier only (stateless; run as many as you like).
+    Serve {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        web: WebArgs,
+    },
+    /// A worker process with the demo handlers (run as many as you like).
+    Work {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        work: WorkArgs,
+    },
+    /// Apply migrations and SQL functions (safe from several processes at once).
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Submit a job through the HTTP API.
+    Submit {
+        /// The job kind, e.g. demo.steps.
+        kind: String,
+        /// Handler arguments, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// The queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Higher runs first.
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i64>,
+        /// Attempts before the job fails.
+        #[arg(long)]
+        max_attempts: Option<i64>,
+        /// Not before this RFC 3339 time.
+        #[arg(long)]
+        run_at: Option<String>,
+        /// Per-attempt time limit in seconds.
+        #[arg(long)]
+        timeout_secs: Option<i64>,
+        /// Submitting again with the same key returns the same job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Stream the job's progress until it ends; exit 0 only if it succeeded.
+        #[arg(long)]
+        follow: bool,
+        /// The web tier's URL.
+        #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// Stream a job's events to the terminal until it ends.
+    Watch {
+        /// The job id.
+        job_id: String,
+        /// The web tier's URL.
+        #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Submit { .. } | Command::Watch { .. });
+    init_logging(quiet);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("jobcast: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("jobcast: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("JOBCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Dev {
+            database,
+            web,
+            work,
+        } => dev(database, web, work).await,
+        Command::Serve { database, web } => {
+            let url = required_url(&database)?;
+            raise_open_file_limit();
+            let pool = db::pool(&url, "jobcast-serve", 32)?;
+            let listen = db::connection_config(&url, "jobcast-serve-listen")?;
+            web::serve(&web, pool, listen, shutdown::on_signal()).await?;
+            Ok(0)
+        }
+        Command::Work { database, work } => {
+            let url = required_url(&database)?;
+            check_queues(&work)?;
+            let pool = db::pool(&url, "jobcast-work", 12)?;
+            let listen = db::connection_config(&url, "jobcast-work-listen")?;
+            let registry = Registry::new().with_demo_handlers();
+            worker::run(pool, listen, work, registry, shutdown::on_signal()).await;
+            Ok(0)
+        }
+        Command::Migrate { database } => {
+            let url = required_url(&database)?;
+            db::migrate::run(&url).await?;
+            println!("migrations applied");
+            Ok(0)
+        }
+        Command::Submit {
+            kind,
+            args,
+            queue,
+            priority,
+            max_attempts,
+            run_at,
+            timeout_secs,
+            idempotency_key,
+            follow,
+            server,
+        } => {
+            let args: Value = serde_json::from_str(&args).context("--args is not valid JSON")?;
+            let mut spec = json!({ "kind": kind, "args": args });
+            let optional = [
+                ("queue", queue.map(Value::from)),
+                ("priority", priority.map(Value::from)),
+                ("max_attempts", max_attempts.map(Value::from)),
+                ("run_at", run_at.map(Value::from)),
+                ("timeout_secs", timeout_secs.map(Value::from)),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    spec[name] = value;
+                }
+            }
+            submit(
+                &server,
+                client::Submission {
+                    spec,
+                    idempotency_key,
+                },
+                follow,
+            )
+            .await
+        }
+        Command::Watch { job_id, server } => {
+            let client = client::Client::new(&server);
+            let status = client
+                .follow(&job_id, |event_type, data| {
+                    println!("{}", client::event_line(event_type, data))
+                })
+                .await?;
+            Ok(client::exit_code(status))
+        }
+    }
+}
+
+fn required_url(database: &DatabaseArgs) -> anyhow::Result<String> {
+    match &database.database_url {
+        Some(url) => Ok(url.clone()),
+        None => bail!("DATABASE_URL is not set (or pass --database-url)"),
+    }
+}
+
+fn check_queues(work: &WorkArgs) -> anyhow::Result<()> {
+    for queue in &work.queues {
+        if !jobcast::job::is_name(queue, 64) {
+            bail!("invalid queue name {queue:?}: 1-64 characters of [A-Za-z0-9_.:-]");
+        }
+    }
+    Ok(())
+}
+
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyhow::Result<u8> {
+    check_queues(&work)?;
+    let mut cluster = None;
+    let url = match database.database_url {
+        Some(url) => url,
+        None => {
+            let started = embedded::Cluster::start_or_reuse(std::path::Path::new(".jobcast/pg"))
+                .await
+                .context("cannot start the embedded PostgreSQL")?;
+            let url = started.url();
+            cluster = Some(started);
+            url
+        }
+    };
+    raise_open_file_limit();
+    db::migrate::run(&url).await.context("migrating")?;
+    let shutdown = shutdown::on_signal();
+    let pool = db::pool(&url, "jobcast-dev", 32)?;
+    let worker_pool = db::pool(&url, "jobcast-dev-worker", 12)?;
+    let web_listen = db::connection_config(&url, "jobcast-dev-listen")?;
+    let work_listen = db::connection_config(&url, "jobcast-dev-worker-listen")?;
+    let registry = Registry::new().with_demo_handlers();
+    let worker_shutdown = CancellationToken::new();
+    let worker = tokio::spawn(worker::run(
+        worker_pool,
+        work_listen,
+        work,
+        registry,
+        worker_shutdown.clone(),
+    ));
+    let served = web::serve(&web_args, pool, web_listen, shutdown.clone()).await;
+    shutdown.cancel();
+    worker_shutdown.cancel();
+    let _ = worker.await;
+    if let Some(mut cluster) = cluster {
+        if let Err(e) = cluster.stop().await {
+            eprintln!("jobcast: stopping the embedded PostgreSQL: {e}");
+        }
+    }
+    served?;
+    Ok(0)
+}
+
+async fn submit(server: &str, submission: client::Submission, follow: bool) -> anyhow::Result<u8> {
+    let client = client::Client::new(server);
+    let job = client.submit(&submission).await?;
+    let id = job["id"]
+        .as_str()
+        .context("the server answered without a job id")?
+        .to_owned();
+    if !follow {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+        return Ok(0);
+    }
+    let view = client::ProgressView::new(&id);
+    let status = client
+        .follow(&id, |event_type, data| view.show(event_type, data))
+        .await?;
+    view.finish();
+    let job = client.job(&id).await?;
+    match status {
+        jobcast::job::Status::Succeeded => println!("{}", job["result"]),
+        _ => eprintln!(
+            "job {id} {}: {}",
+            status.as_str(),
+            job["error"]["message"].as_str().unwrap_or("")
+        ),
+    }
+    Ok(client::exit_code(status))
+}

@@ -1,0 +1,242 @@
+//! The jobs routes: thin. Parse at the edge, call `db::jobs`, shape the answer.
+use std::collections::HashMap;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::problem::ApiError;
+use super::WebState;
+use crate::db;
+use crate::job::{Job, JobId, JobSpec, Status};
+
+/// Most specs in one batch.
+const MAX_BATCH: usize = 1_000;
+
+/// Parses a job id from the path; anything that is not one of ours is simply unknown.
+pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("no job with id {raw:?}")))
+}
+
+/// Reads a JSON body: 415 unless JSON, 413 over the limit, 400 unless it parses.
+async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" && !essence.ends_with("+json") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json, got {:?}",
+            content_type
+        )));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
+    if key.is_empty() || key.len() > 200 {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1-200 characters",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn accepted(job: &Job) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, job.links.this.clone()))
+        .json(job)
+}
+
+/// `POST /v1/jobs`
+#[tracing::instrument(skip_all)]
+pub async fn create_job(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json(&req, payload, state.max_body_bytes).await?;
+    let spec = JobSpec::parse(&body)?;
+    let key = idempotency_key(&req)?;
+    let client = state.pool.get().await?;
+    let Some(key) = key else {
+        let jobs = db::jobs::enqueue_jobs(&client, std::slice::from_ref(&spec)).await?;
+        let job = jobs
+            .first()
+            .ok_or_else(|| ApiError::Internal("enqueue returned no job".into()))?;
+        tracing::info!(job_id = %job.id, kind = %job.kind, queue = %job.queue, "enqueued");
+        return Ok(accepted(job));
+    };
+    let enqueued = db::jobs::enqueue_job(&client, &spec, Some(&key)).await?;
+    if enqueued.created {
+        Ok(accepted(&enqueued.job))
+    } else if enqueued.request_hash.as_deref() == Some(spec.fingerprint().as_str()) {
+        Ok(HttpResponse::Ok()
+            .insert_header((header::LOCATION, enqueued.job.links.this.clone()))
+            .json(&enqueued.job))
+    } else {
+        Err(ApiError::Conflict(format!(
+            "Idempotency-Key {key:?} was used for job {} with a different body",
+            enqueued.job.id
+        )))
+    }
+}
+
+/// `POST /v1/jobs/batch`: all or nothing, in one transaction.
+#[tracing::instrument(skip_all)]
+pub async fn create_batch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json(&req, payload, state.max_body_bytes).await?;
+    let object = body
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("body: expected a JSON object".into()))?;
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "jobs") {
+        return Err(ApiError::invalid(unknown.as_str(), "unknown field"));
+    }
+    let specs = match object.get("jobs") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("jobs", "is required")),
+        Some(Value::Array(specs)) => specs,
+        Some(_) => return Err(ApiError::BadRequest("jobs: expected an array".into())),
+    };
+    if specs.is_empty() || specs.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "jobs",
+            format!("must hold 1-{MAX_BATCH} job specs"),
+        ));
+    }
+    let specs = specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            // API.md: one bad spec is a 422 naming its index, whatever the fault.
+            JobSpec::parse(spec).map_err(|e| match e.within(&format!("jobs[{index}]")) {
+                crate::job::SpecError::Type { field, detail }
+                | crate::job::SpecError::Rule { field, detail } => ApiError::invalid(field, detail),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = state.pool.get().await?;
+    let jobs = db::jobs::enqueue_jobs(&client, &specs).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "jobs": jobs })))
+}
+
+/// `GET /v1/jobs/{id}`
+pub async fn get_job(
+    path: web::Path<String>,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let client = state.pool.get().await?;
+    let job = db::jobs::get_job(&client, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// `GET /v1/jobs?queue=&kind=&status=&limit=&cursor=`
+pub async fn list_jobs(
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut filter = db::jobs::JobFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    for (name, value) in query.iter() {
+        match name.as_str() {
+            "queue" => filter.queue = Some(value.clone()),
+            "kind" => filter.kind = Some(value.clone()),
+            "status" => {
+                let status = value.parse::<Status>().map_err(|_| {
+                    ApiError::invalid(
+                        "status",
+                        "must be queued, running, succeeded, failed or cancelled",
+                    )
+                })?;
+                filter.status = Some(status);
+            }
+            "limit" => {
+                let limit = value
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::BadRequest("limit: expected an integer".into()))?;
+                if !(1..=500).contains(&limit) {
+                    return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+                }
+                filter.limit = limit;
+            }
+            "cursor" => {
+                let id = value
+                    .parse::<JobId>()
+                    .map_err(|_| ApiError::invalid("cursor", "is not a cursor from next_cursor"))?;
+                filter.before = Some(id);
+            }
+            other => return Err(ApiError::invalid(other, "unknown query parameter")),
+        }
+    }
+    let client = state.pool.get().await?;
+    let jobs = db::jobs::list_jobs(&client, &filter).await?;
+    let next_cursor = (jobs.len() as i64 == filter.limit)
+        .then(|| jobs.last().map(|job| job.id.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
+}
+
+/// `POST /v1/jobs/{id}/cancel`
+#[tracing::instrument(skip_all, fields(job_id = %path))]
+pub async fn cancel_job(
+    path: web::Path<String>,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let client = state.pool.get().await?;
+    if let Some(job) = db::jobs::cancel_job(&client, id).await? {
+        tracing::info!("cancelled");
+        return Ok(HttpResponse::Accepted().json(job));
+    }
+    match db::jobs::get_job(&client, id).await? {
+        None => Err(ApiError::NotFound(format!("no job with id {id}"))),
+        Some(job) => Err(ApiError::Conflict(format!(
+            "job {id} is already {}",
+            job.status.as_str()
+        ))),
+    }
+}

@@ -1,0 +1,213 @@
+//! The handler API: `async fn`s with typed arguments, registered by kind, and the context a
+//! running attempt uses to report progress, emit events and notice cancellation.
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::writer::Writer;
+use crate::job::{is_custom_event_type, JobId};
+
+/// How a handler's attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again later (with backoff), while attempts remain.
+    #[error("{0}")]
+    Retryable(String),
+    /// Do not try again: the job fails now.
+    #[error("{0}")]
+    Fatal(String),
+    /// The attempt was cancelled or its lease taken away; nothing more will be recorded.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl HandlerError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        HandlerError::Retryable(message.to_string())
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        HandlerError::Fatal(message.to_string())
+    }
+}
+
+/// A job handler. Implemented for every `async fn(JobContext, Args) -> Result<R, HandlerError>`
+/// registered with [`Registry::register`]; implement it directly for full control.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one attempt with the job's raw `args`.
+    fn run(&self, ctx: JobContext, args: Value) -> BoxFuture<'static, Result<Value, HandlerError>>;
+}
+
+struct Typed<F, A> {
+    function: F,
+    _args: std::marker::PhantomData<fn(A)>,
+}
+
+impl<F, A, R, Fut> Handler for Typed<F, A>
+where
+    F: Fn(JobContext, A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    fn run(&self, ctx: JobContext, args: Value) -> BoxFuture<'static, Result<Value, HandlerError>> {
+        let args = match serde_json::from_value::<A>(args) {
+            Ok(args) => args,
+            Err(e) => {
+                let error = HandlerError::fatal(format!("invalid args: {e}"));
+                return Box::pin(async move { Err(error) });
+            }
+        };
+        let future = (self.function)(ctx, args);
+        Box::pin(async move {
+            let result = future.await?;
+            serde_json::to_value(result)
+                .map_err(|e| HandlerError::fatal(format!("result is not JSON: {e}")))
+        })
+    }
+}
+
+/// The handlers a worker runs, by job kind. A worker claims only kinds it has.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `function` for `kind`; its arguments are deserialized from the job's `args`
+    /// (a job whose args do not fit fails at once) and its result serialized to `result`.
+    pub fn register<F, A, R, Fut>(mut self, kind: &str, function: F) -> Registry
+    where
+        F: Fn(JobContext, A) -> Fut + Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        let handler = Typed {
+            function,
+            _args: std::marker::PhantomData,
+        };
+        self.handlers.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// Registers a [`Handler`] implementation for `kind`.
+    pub fn register_handler(mut self, kind: &str, handler: impl Handler) -> Registry {
+        self.handlers.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// The handler for `kind`.
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+
+    /// Every registered kind.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+}
+
+/// What a running attempt can do: report progress, emit events, watch for cancellation.
+#[derive(Clone)]
+pub struct JobContext {
+    pub(super) job_id: JobId,
+    pub(super) attempt: i32,
+    pub(super) cancel: CancellationToken,
+    pub(super) writer: Writer,
+}
+
+impl JobContext {
+    /// The job's id.
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> i32 {
+        self.attempt
+    }
+
+    /// Reports progress (a percentage 0-100) and a message. Returns once the event is
+    /// committed; `Err(Cancelled)` when the job was cancelled or this attempt lost its lease.
+    pub async fn progress(
+        &self,
+        percent: f64,
+        message: impl Into<String>,
+    ) -> Result<(), HandlerError> {
+        self.progress_with(percent, message, Value::Null).await
+    }
+
+    /// [`progress`](Self::progress) with handler data sent as the event's `data`.
+    pub async fn progress_with(
+        &self,
+        percent: f64,
+        message: impl Into<String>,
+        data: impl Serialize,
+    ) -> Result<(), HandlerError> {
+        if !percent.is_finite() {
+            return Err(HandlerError::fatal("progress must be a finite percentage"));
+        }
+        let data = to_json(data)?;
+        let event = json!({
+            "type": "progress",
+            "progress": percent.clamp(0.0, 100.0),
+            "message": message.into(),
+            "data": data,
+        });
+        self.record(event).await
+    }
+
+    /// Emits a custom event (`^[a-z][a-z0-9_.-]{0,63}$`, not a built-in type name).
+    pub async fn emit(&self, event_type: &str, data: impl Serialize) -> Result<(), HandlerError> {
+        if !is_custom_event_type(event_type) {
+            return Err(HandlerError::fatal(format!(
+                "invalid custom event type {event_type:?}"
+            )));
+        }
+        let event = json!({"type": event_type, "data": to_json(data)?});
+        self.record(event).await
+    }
+
+    /// Whether the job was cancelled or this attempt lost its lease.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the job is cancelled or this attempt loses its lease.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    async fn record(&self, event: Value) -> Result<(), HandlerError> {
+        if self.cancel.is_cancelled() {
+            return Err(HandlerError::Cancelled);
+        }
+        if self.writer.event(self.job_id, self.attempt, event).await {
+            Ok(())
+        } else {
+            self.cancel.cancel();
+            Err(HandlerError::Cancelled)
+        }
+    }
+}
+
+fn to_json(data: impl Serialize) -> Result<Value, HandlerError> {
+    serde_json::to_value(data).map_err(|e| HandlerError::fatal(format!("data is not JSON: {e}")))
+}

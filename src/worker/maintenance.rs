@@ -1,0 +1,72 @@
+//! Duties any worker may perform, safe to run from many at once: taking back attempts whose
+//! lease ran out, and pruning finished jobs past the retention period.
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkArgs;
+use crate::db;
+
+/// Rows handled per statement, so maintenance never holds many locks at once.
+const BATCH: i32 = 500;
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs until `stop`.
+pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
+    // Reclaim at least twice per lease so a dead worker's job waits at most ~1.5 leases.
+    let reclaim_every = args
+        .lease()
+        .div_f64(2.0)
+        .clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut reclaim_tick = tokio::time::interval(reclaim_every);
+    let mut prune_tick = tokio::time::interval(PRUNE_EVERY);
+    reclaim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = reclaim_tick.tick() => {
+                if let Err(e) = reclaim_expired_leases(&pool, args.retry_base_ms as i64).await {
+                    tracing::warn!(error = %e, "reclaiming expired leases failed");
+                }
+            }
+            _ = prune_tick.tick() => {
+                if args.retention_days > 0.0 {
+                    if let Err(e) = prune_finished_jobs(&pool, args.retention_days, &stop).await {
+                        tracing::warn!(error = %e, "pruning finished jobs failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn reclaim_expired_leases(pool: &Pool, retry_base_ms: i64) -> db::Result<()> {
+    loop {
+        let client = pool.get().await?;
+        let reclaimed = db::jobs::reclaim_expired_leases(&client, retry_base_ms, BATCH).await?;
+        if reclaimed > 0 {
+            tracing::warn!(reclaimed, "took back jobs whose lease expired");
+        }
+        if reclaimed < BATCH {
+            return Ok(());
+        }
+    }
+}
+
+async fn prune_finished_jobs(pool: &Pool, days: f64, stop: &CancellationToken) -> db::Result<()> {
+    loop {
+        let client = pool.get().await?;
+        let pruned = db::jobs::prune_finished_jobs(&client, days, BATCH).await?;
+        drop(client);
+        if pruned > 0 {
+            tracing::info!(pruned, "pruned finished jobs past retention");
+        }
+        if pruned < BATCH || stop.is_cancelled() {
+            return Ok(());
+        }
+        // Leave room for live traffic between batches.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,433 @@
+//! `jobcast work`: the worker loop. Wake (NOTIFY or a poll), claim a batch with
+//! `SKIP LOCKED`, run each attempt in its own task under a lease that a heartbeat extends,
+//! and write every outcome through the group-committing [`writer`]. Any number of workers
+//! may run against one database.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkArgs;
+use crate::db::{self, jobs::Failure};
+use crate::job::{Job, JobId};
+use crate::listener::{self, Signal};
+
+pub mod demo;
+mod handler;
+mod maintenance;
+pub mod writer;
+
+pub use handler::{Handler, HandlerError, JobContext, Registry};
+use writer::Writer;
+
+/// Channel on which enqueues wake workers (payload: the queue).
+pub const JOBS_CHANNEL: &str = "jobcast_jobs";
+/// Channel on which cancellations of running jobs are announced (payload: the job id).
+pub const CANCEL_CHANNEL: &str = "jobcast_cancel";
+/// Longest sleep between claims when no notification arrives.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Most jobs claimed in one statement.
+const MAX_CLAIM: usize = 100;
+/// Longest retry backoff (API.md).
+const MAX_BACKOFF_MS: f64 = 600_000.0;
+
+struct Running {
+    attempt: i32,
+    cancel: CancellationToken,
+}
+
+/// Shared state of one worker process.
+struct State {
+    pool: Pool,
+    args: WorkArgs,
+    registry: Registry,
+    worker_id: String,
+    writer: Writer,
+    running: Mutex<HashMap<i64, Running>>,
+    /// Cancelled when the grace period is over: running handlers are stopped and released.
+    hard_stop: CancellationToken,
+}
+
+impl State {
+    fn running(&self) -> MutexGuard<'_, HashMap<i64, Running>> {
+        // Entries are inserted and removed whole; a poisoned map is still consistent.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held(&self) -> Vec<(i64, i32)> {
+        self.running()
+            .iter()
+            .map(|(id, r)| (*id, r.attempt))
+            .collect()
+    }
+}
+
+/// A unique name for this worker process, recorded on the jobs it holds.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}:{}:{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Runs a worker until `shutdown`, then drains: running jobs get `args.grace_secs` to
+/// finish, the rest are handed back without counting the attempt.
+pub async fn run(
+    pool: Pool,
+    listen_config: tokio_postgres::Config,
+    args: WorkArgs,
+    registry: Registry,
+    shutdown: CancellationToken,
+) {
+    let worker_id = worker_id();
+    let give_up = CancellationToken::new();
+    let (writer, writer_task) = Writer::start(pool.clone(), worker_id.clone(), give_up.clone());
+    let state = Arc::new(State {
+        pool,
+        args,
+        registry,
+        worker_id,
+        writer,
+        running: Mutex::new(HashMap::new()),
+        hard_stop: CancellationToken::new(),
+    });
+    tracing::info!(worker_id = %state.worker_id, queues = ?state.args.queues,
+        kinds = ?state.registry.kinds(), concurrency = state.args.concurrency, "worker started");
+
+    let background = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let (signals, _connected) = listener::spawn(
+        listen_config,
+        &[JOBS_CHANNEL, CANCEL_CHANNEL],
+        background.clone(),
+    );
+    tokio::spawn(route_signals(state.clone(), signals, wake.clone()));
+    tokio::spawn(heartbeat_loop(state.clone(), background.clone()));
+    tokio::spawn(maintenance::run(
+        state.pool.clone(),
+        state.args.clone(),
+        background.clone(),
+    ));
+
+    let mut jobs = JoinSet::new();
+    claim_loop(&state, &wake, &shutdown, &mut jobs).await;
+
+    tracing::info!(running = jobs.len(), grace = ?state.args.grace(), "draining");
+    let drained = tokio::time::timeout(state.args.grace(), async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            running = jobs.len(),
+            "grace period over; handing back unfinished jobs"
+        );
+        state.hard_stop.cancel();
+        while jobs.join_next().await.is_some() {}
+    }
+    background.cancel();
+    // Give the writer a bounded time to flush what the jobs left, then stop it.
+    let State { writer, .. } = match Arc::try_unwrap(state) {
+        Ok(state) => state,
+        Err(_) => {
+            give_up.cancel();
+            let _ = writer_task.await;
+            return;
+        }
+    };
+    drop(writer);
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(10), &mut writer_task)
+        .await
+        .is_err()
+    {
+        give_up.cancel();
+        let _ = writer_task.await;
+    }
+    tracing::info!("worker stopped");
+}
+
+async fn claim_loop(
+    state: &Arc<State>,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+    jobs: &mut JoinSet<()>,
+) {
+    let semaphore = Arc::new(Semaphore::new(state.args.concurrency as usize));
+    let kinds = state.registry.kinds();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = semaphore.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_CLAIM {
+            match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let wanted = permits.len();
+        let claimed = match claim(state, &kinds, wanted).await {
+            Ok(claimed) => {
+                backoff = Duration::from_millis(100);
+                claimed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "claiming jobs failed");
+                drop(permits);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let got = claimed.len();
+        for job in claimed {
+            // claim_jobs returns at most `wanted` jobs, one per permit.
+            if let Some(permit) = permits.pop() {
+                start_job(state, job, permit, jobs);
+            }
+        }
+        drop(permits);
+        while jobs.try_join_next().is_some() {}
+        if got < wanted {
+            let wait = idle_wait(state).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+async fn claim(state: &State, kinds: &[String], wanted: usize) -> db::Result<Vec<Job>> {
+    let client = state.pool.get().await?;
+    db::jobs::claim_jobs(
+        &client,
+        &state.args.queues,
+        Some(kinds),
+        &state.worker_id,
+        wanted as i32,
+        state.args.lease_secs,
+    )
+    .await
+}
+
+/// How long to sleep when the queue is empty: until the next delayed job is due, at most
+/// one poll interval (the fallback for a missed notification).
+async fn idle_wait(state: &State) -> Duration {
+    let Ok(client) = state.pool.get().await else {
+        return POLL_EVERY;
+    };
+    match db::jobs::next_run_at(&client, &state.args.queues).await {
+        Ok(Some(at)) => (at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(POLL_EVERY),
+        _ => POLL_EVERY,
+    }
+}
+
+fn start_job(state: &Arc<State>, job: Job, permit: OwnedSemaphorePermit, jobs: &mut JoinSet<()>) {
+    let cancel = CancellationToken::new();
+    state.running().insert(
+        job.job_id.0,
+        Running {
+            attempt: job.attempt,
+            cancel: cancel.clone(),
+        },
+    );
+    let state = state.clone();
+    jobs.spawn(async move {
+        let _permit = permit;
+        let span = tracing::info_span!("job", job_id = %job.job_id, attempt = job.attempt,
+            kind = %job.kind, queue = %job.queue, worker_id = %state.worker_id);
+        let _entered = span.enter();
+        drop(_entered);
+        let outcome = run_attempt(&state, &job, cancel.clone()).await;
+        finish(&state, &job, &cancel, outcome).await;
+        state.running().remove(&job.job_id.0);
+    });
+}
+
+enum Outcome {
+    Done(Result<Value, HandlerError>),
+    TimedOut(i32),
+    Stopped,
+}
+
+async fn run_attempt(state: &State, job: &Job, cancel: CancellationToken) -> Outcome {
+    let Some(handler) = state.registry.get(&job.kind) else {
+        return Outcome::Done(Err(HandlerError::fatal(format!(
+            "no handler for kind {}",
+            job.kind
+        ))));
+    };
+    let ctx = JobContext {
+        job_id: job.job_id,
+        attempt: job.attempt,
+        cancel,
+        writer: state.writer.clone(),
+    };
+    // A task of its own, so that a panicking handler fails its attempt, not the worker.
+    let mut task = tokio::spawn(handler.run(ctx, job.args.clone()));
+    let timeout = job
+        .timeout_secs
+        .map(|secs| Duration::from_secs(secs.max(1) as u64))
+        .unwrap_or(Duration::MAX);
+    tokio::select! {
+        joined = &mut task => Outcome::Done(match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(HandlerError::retryable(format!("handler panicked: {}", panic_message(e)))),
+            Err(_) => Err(HandlerError::Cancelled),
+        }),
+        _ = tokio::time::sleep(timeout) => {
+            task.abort();
+            Outcome::TimedOut(job.timeout_secs.unwrap_or_default())
+        }
+        _ = state.hard_stop.cancelled() => {
+            task.abort();
+            Outcome::Stopped
+        }
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+async fn finish(state: &State, job: &Job, cancel: &CancellationToken, outcome: Outcome) {
+    let (id, attempt) = (job.job_id, job.attempt);
+    let failure = |error: Value, retryable: bool| Failure {
+        job_id: id,
+        attempt,
+        error,
+        retryable,
+        retry_delay_ms: retry_delay_ms(state.args.retry_base_ms, attempt),
+    };
+    let recorded = match outcome {
+        Outcome::Done(Ok(result)) => state.writer.complete(id, attempt, result).await,
+        Outcome::Done(Err(HandlerError::Retryable(message))) => {
+            state
+                .writer
+                .fail(failure(json!({"message": message}), true))
+                .await
+        }
+        Outcome::Done(Err(HandlerError::Fatal(message))) => {
+            state
+                .writer
+                .fail(failure(json!({"message": message, "fatal": true}), false))
+                .await
+        }
+        Outcome::Done(Err(HandlerError::Cancelled)) if cancel.is_cancelled() => {
+            // Cancelled in the database (or the lease was lost): nothing left to record.
+            return;
+        }
+        Outcome::Done(Err(HandlerError::Cancelled)) => {
+            let error = json!({"message": "the handler gave up (returned Cancelled)"});
+            state.writer.fail(failure(error, false)).await
+        }
+        Outcome::TimedOut(secs) => {
+            let error = json!({"message": format!("timed out after {secs} s"), "timeout": true});
+            state.writer.fail(failure(error, true)).await
+        }
+        Outcome::Stopped => state.writer.release(id, attempt).await,
+    };
+    if !recorded {
+        tracing::info!(job_id = %id, attempt, "outcome refused: the job was cancelled or its lease taken");
+    }
+}
+
+/// About `base · 2^(attempt−1)`, with ±20 % jitter so that failed jobs do not retry in
+/// lockstep, capped at 10 minutes.
+pub fn retry_delay_ms(base_ms: u64, attempt: i32) -> i64 {
+    let exponent = attempt.clamp(1, 40) - 1;
+    let nominal = (base_ms as f64) * 2f64.powi(exponent);
+    let jitter = rand::random_range(0.8..1.2);
+    (nominal * jitter).min(MAX_BACKOFF_MS) as i64
+}
+
+async fn route_signals(
+    state: Arc<State>,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<Signal>,
+    wake: Arc<Notify>,
+) {
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Notification { channel, payload } if channel == CANCEL_CHANNEL => {
+                if let Ok(id) = payload.parse::<JobId>() {
+                    if let Some(running) = state.running().get(&id.0) {
+                        tracing::info!(job_id = %id, "cancel requested");
+                        running.cancel.cancel();
+                    }
+                }
+            }
+            Signal::Notification { .. } | Signal::Connected { .. } => wake.notify_one(),
+            Signal::Disconnected => {}
+        }
+    }
+}
+
+/// Extends the leases of every running attempt in one statement; an attempt missing from
+/// the answer was cancelled or taken away, and its handler is told to stop.
+async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
+    let every = state
+        .args
+        .lease()
+        .div_f64(3.0)
+        .max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let held = state.held();
+        if held.is_empty() {
+            continue;
+        }
+        let still_held = match state.pool.get().await {
+            Ok(client) => {
+                db::jobs::heartbeat_jobs(&client, &state.worker_id, &held, state.args.lease_secs)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match still_held {
+            Ok(ids) => {
+                let running = state.running();
+                for (id, attempt) in held {
+                    if !ids.contains(&id) {
+                        if let Some(r) = running.get(&id).filter(|r| r.attempt == attempt) {
+                            r.cancel.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
