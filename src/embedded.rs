@@ -189,8 +189,7 @@ async fn run(command: &mut Command, what: &str) -> Result<Output, EmbeddedError>
     let detail = stderr
         .lines()
         .chain(stdout.lines())
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or("no output")
         .to_owned();
     Err(EmbeddedError::Command {

@@ -12,7 +12,7 @@ mod embedded {
 const FUNCTIONS: &str = include_str!("../../sql/jobcast.sql");
 
 /// Arbitrary but fixed: the advisory lock key that serializes migrations.
-const MIGRATION_LOCK: i64 = 0x6a6f_6263_6173_74;
+const MIGRATION_LOCK: i64 = 0x006a_6f62_6361_7374;
 
 /// Applies pending migrations and (re)creates the SQL functions.
 pub async fn run(database_url: &str) -> Result<()> {

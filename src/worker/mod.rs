@@ -89,8 +89,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let worker_id = worker_id();
+    let close_writer = CancellationToken::new();
     let give_up = CancellationToken::new();
-    let (writer, writer_task) = Writer::start(pool.clone(), worker_id.clone(), give_up.clone());
+    let (writer, mut writer_task) = Writer::start(
+        pool.clone(),
+        worker_id.clone(),
+        close_writer.clone(),
+        give_up.clone(),
+    );
     let state = Arc::new(State {
         pool,
         args,
@@ -135,17 +141,8 @@ pub async fn run(
         while jobs.join_next().await.is_some() {}
     }
     background.cancel();
-    // Give the writer a bounded time to flush what the jobs left, then stop it.
-    let State { writer, .. } = match Arc::try_unwrap(state) {
-        Ok(state) => state,
-        Err(_) => {
-            give_up.cancel();
-            let _ = writer_task.await;
-            return;
-        }
-    };
-    drop(writer);
-    let mut writer_task = writer_task;
+    // Every job has ended: give the writer a bounded time to flush what they left.
+    close_writer.cancel();
     if tokio::time::timeout(Duration::from_secs(10), &mut writer_task)
         .await
         .is_err()

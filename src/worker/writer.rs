@@ -47,15 +47,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer. It stops once every handle is dropped and the queue is written,
-    /// or when `give_up` is cancelled while the database is unreachable.
+    /// Starts the writer. Once `close` is cancelled it writes what is queued and stops; while
+    /// the database is unreachable it keeps retrying until `give_up` is cancelled.
     pub fn start(
         pool: Pool,
         worker_id: String,
+        close: CancellationToken,
         give_up: CancellationToken,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(pool, worker_id, receiver, give_up));
+        let task = tokio::spawn(run(pool, worker_id, receiver, close, give_up));
         (Writer { sender }, task)
     }
 
@@ -102,10 +103,16 @@ async fn run(
     pool: Pool,
     worker_id: String,
     mut receiver: mpsc::UnboundedReceiver<Queued>,
+    close: CancellationToken,
     give_up: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = receiver.recv().await {
+    loop {
+        let first = tokio::select! {
+            first = receiver.recv() => first,
+            _ = close.cancelled() => receiver.try_recv().ok(),
+        };
+        let Some(first) = first else { return };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -141,7 +148,7 @@ async fn write_until_done(
                 // One bad op must not sink the others: write them one by one.
                 tracing::error!(error = %e, ops = batch.len(), "batch write failed; writing ops one by one");
                 if batch.len() > 1 {
-                    let ops: Vec<Queued> = batch.drain(..).collect();
+                    let ops: Vec<Queued> = std::mem::take(batch);
                     for queued in ops {
                         let mut single = vec![queued];
                         Box::pin(write_until_done(pool, worker_id, &mut single, give_up)).await;

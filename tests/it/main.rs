@@ -1,0 +1,12 @@
+//! One integration test binary: real PostgreSQL (DATABASE_URL), the real `jobcast` binary,
+//! real HTTP. Each test gets its own database. Run through `scripts/test`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod cancel;
+mod dev;
+mod idempotency;
+mod retries;
+mod streaming;
+mod validation;

@@ -1,0 +1,319 @@
+//! Bad input: the right status, a problem document naming the fault, and no change at all.
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+async fn post_raw(
+    server: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, String, Value) {
+    let mut request = http().post(format!("{server}{path}")).body(body.to_owned());
+    if let Some(content_type) = content_type {
+        request = request.header("Content-Type", content_type);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        content_type,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn assert_problem(status: u16, content_type: &str, body: &Value, expected: u16, case: &str) {
+    assert_eq!(status, expected, "{case}: {body}");
+    assert_eq!(content_type, "application/problem+json", "{case}");
+    for member in ["type", "title", "status", "detail"] {
+        assert!(
+            !body[member].is_null(),
+            "{case}: problem lacks {member}: {body}"
+        );
+    }
+    assert_eq!(body["status"], expected, "{case}");
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_status_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &["--max-body-bytes", "2048"]);
+    let json_type = Some("application/json");
+    let cases: Vec<(&str, &str, Option<&str>, String, u16, Option<&str>)> = vec![
+        (
+            "malformed JSON",
+            "/v1/jobs",
+            json_type,
+            "{\"kind\": ".into(),
+            400,
+            None,
+        ),
+        (
+            "not an object",
+            "/v1/jobs",
+            json_type,
+            "[1,2]".into(),
+            400,
+            None,
+        ),
+        (
+            "kind of wrong type",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": 7}"#.into(),
+            400,
+            None,
+        ),
+        (
+            "priority of wrong type",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a", "priority": "high"}"#.into(),
+            400,
+            None,
+        ),
+        (
+            "missing kind",
+            "/v1/jobs",
+            json_type,
+            r#"{"args": {}}"#.into(),
+            422,
+            Some("kind"),
+        ),
+        (
+            "kind with a space",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a b"}"#.into(),
+            422,
+            Some("kind"),
+        ),
+        (
+            "kind too long",
+            "/v1/jobs",
+            json_type,
+            format!(r#"{{"kind": "{}"}}"#, "k".repeat(129)),
+            422,
+            Some("kind"),
+        ),
+        (
+            "queue too long",
+            "/v1/jobs",
+            json_type,
+            format!(r#"{{"kind": "a", "queue": "{}"}}"#, "q".repeat(65)),
+            422,
+            Some("queue"),
+        ),
+        (
+            "priority out of range",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a", "priority": 32768}"#.into(),
+            422,
+            Some("priority"),
+        ),
+        (
+            "max_attempts zero",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a", "max_attempts": 0}"#.into(),
+            422,
+            Some("max_attempts"),
+        ),
+        (
+            "max_attempts over 100",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a", "max_attempts": 101}"#.into(),
+            422,
+            Some("max_attempts"),
+        ),
+        (
+            "timeout over a day",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a", "timeout_secs": 86401}"#.into(),
+            422,
+            Some("timeout_secs"),
+        ),
+        (
+            "run_at not RFC 3339",
+            "/v1/jobs",
+            json_type,
+            r#"{"kind": "a", "run_at": "next tuesday"}"#.into(),
+            422,
+            Some("run_at"),
+        ),
+        (
+            "wrong content type",
+            "/v1/jobs",
+            Some("text/plain"),
+            r#"{"kind": "a"}"#.into(),
+            415,
+            None,
+        ),
+        (
+            "no content type",
+            "/v1/jobs",
+            None,
+            r#"{"kind": "a"}"#.into(),
+            415,
+            None,
+        ),
+        (
+            "body over the limit",
+            "/v1/jobs",
+            json_type,
+            format!(r#"{{"kind": "a", "args": "{}"}}"#, "x".repeat(3000)),
+            413,
+            None,
+        ),
+        (
+            "empty batch",
+            "/v1/jobs/batch",
+            json_type,
+            r#"{"jobs": []}"#.into(),
+            422,
+            Some("jobs"),
+        ),
+        (
+            "batch not an array",
+            "/v1/jobs/batch",
+            json_type,
+            r#"{"jobs": 3}"#.into(),
+            400,
+            None,
+        ),
+        (
+            "one bad spec in a batch",
+            "/v1/jobs/batch",
+            json_type,
+            r#"{"jobs": [{"kind": "a"}, {"kind": "b"}, {"kind": "bad kind"}]}"#.into(),
+            422,
+            Some("jobs[2].kind"),
+        ),
+    ];
+    for (case, path, content_type, body, expected, field) in cases {
+        let (status, content_type, problem) =
+            post_raw(serve.url(), path, content_type, &body).await;
+        assert_problem(status, &content_type, &problem, expected, case);
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{case}: {problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains(field),
+                "{case}: detail names the field"
+            );
+        }
+    }
+    // A batch over 1000 specs.
+    let many: Vec<Value> = (0..1001).map(|_| json!({"kind": "a"})).collect();
+    let big = Proc::serve(&db.url, &[]);
+    let (status, content_type, problem) = post_raw(
+        big.url(),
+        "/v1/jobs/batch",
+        json_type,
+        &json!({"jobs": many}).to_string(),
+    )
+    .await;
+    assert_problem(status, &content_type, &problem, 422, "batch of 1001");
+
+    // Unknown ids and bad query parameters.
+    for (path, expected) in [
+        ("/v1/jobs/424242", 404),
+        ("/v1/jobs/abc", 404),
+        ("/v1/jobs?limit=0", 422),
+        ("/v1/jobs?limit=501", 422),
+        ("/v1/jobs?limit=ten", 400),
+        ("/v1/jobs?status=done", 422),
+        ("/v1/nothing-here", 404),
+    ] {
+        let response = http()
+            .get(format!("{}{path}", serve.url()))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = response.json().await.unwrap();
+        assert_problem(status, &content_type, &body, expected, path);
+    }
+    let response = http()
+        .post(format!("{}/v1/jobs/424242/cancel", serve.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    assert_eq!(
+        db.counts().await,
+        (0, 0),
+        "rejected requests changed nothing"
+    );
+
+    // And a good batch goes in whole.
+    let (status, _, body) = post_raw(
+        serve.url(),
+        "/v1/jobs/batch",
+        json_type,
+        r#"{"jobs": [{"kind": "a"}, {"kind": "b", "queue": "other", "priority": -5}]}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(body["jobs"][1]["queue"], "other");
+    assert_eq!(db.counts().await, (2, 2));
+}
+
+#[tokio::test]
+async fn lists_jobs_newest_first_with_keyset_pages() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let specs: Vec<Value> = (0..7)
+        .map(|i| json!({"kind": if i % 2 == 0 { "even" } else { "odd" }, "queue": "q"}))
+        .collect();
+    let response = http()
+        .post(format!("{}/v1/jobs/batch", serve.url()))
+        .json(&json!({"jobs": specs}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/jobs?queue=q&limit=3", serve.url());
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+        for job in page["jobs"].as_array().unwrap() {
+            ids.push(job["id"].as_str().unwrap().parse::<i64>().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 7);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+
+    let odd: Value = http()
+        .get(format!("{}/v1/jobs?kind=odd&status=queued", serve.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(odd["jobs"].as_array().unwrap().len(), 3);
+    assert!(odd["next_cursor"].is_null());
+}
