@@ -27,6 +27,16 @@ async fn post_raw(
     )
 }
 
+/// (what, path, content type, body, expected status, field named).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    String,
+    u16,
+    Option<&'a str>,
+);
+
 fn assert_problem(status: u16, content_type: &str, body: &Value, expected: u16, case: &str) {
     assert_eq!(status, expected, "{case}: {body}");
     assert_eq!(content_type, "application/problem+json", "{case}");
@@ -44,7 +54,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     let db = TestDb::new().await;
     let serve = Proc::serve(&db.url, &["--max-body-bytes", "2048"]);
     let json_type = Some("application/json");
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             "/v1/jobs",
