@@ -19,7 +19,8 @@ use crate::metrics::METRICS;
 /// falls further behind is told it lagged and catches up from the table, so a slow client
 /// costs memory on neither the hub nor anyone else (64 slots ≈ 8 KB per followed job).
 const TOPIC_CAPACITY: usize = 64;
-/// Most events read in one catch-up query; more are read in the next round.
+/// Most events read in one catch-up query (and about 1 MiB at most); more are read in the
+/// next round.
 const FETCH_LIMIT: i64 = 5_000;
 
 /// The channel `jobcast.notify_events` notifies on.
@@ -228,7 +229,10 @@ impl Hub {
         let client = self.inner.pool.get().await?;
         let frames = read_events_after(&client, batch, FETCH_LIMIT).await?;
         drop(client);
-        let full = frames.len() as i64 == FETCH_LIMIT;
+        // Cut by the row limit or the byte budget: there may be more to read.
+        let full = frames.len() as i64 == FETCH_LIMIT
+            || frames.iter().map(|f| f.data.len() as i64).sum::<i64>()
+                >= crate::db::events::PAGE_BYTES / 2;
         let mut topics = self.inner.topics();
         for frame in frames {
             let Some(topic) = topics.get_mut(&frame.job_id) else {

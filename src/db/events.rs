@@ -78,10 +78,22 @@ impl FromStr for Cursor {
     }
 }
 
-const FRAME_COLUMNS: &str = "e.job_id, e.seq, e.type, e.data::text as data, \
-                             e.data->>'at' as at, e.xid::text as xid, e.id";
+/// A page read from the table stops after this many bytes of event data (but always holds
+/// at least one event), so a stream catching up on large events never holds more than
+/// about this much in memory.
+pub const PAGE_BYTES: i64 = 1 << 20;
 
-/// Events of one job after `after_seq`, in order.
+/// Columns of a [`Frame`] from `e` (an events row) and `d.text` (its data as text), plus
+/// `bytes_before`, the data bytes of the rows before it in `order`.
+fn frame_columns(order: &str) -> String {
+    format!(
+        "e.job_id, e.seq, e.type, d.text as data, e.data->>'at' as at, e.xid::text as xid, \
+         e.id, sum(octet_length(d.text)) over (order by {order}) - octet_length(d.text) \
+         as bytes_before"
+    )
+}
+
+/// Events of one job after `after_seq`, in order: at most `limit`, about [`PAGE_BYTES`].
 pub async fn read_job_events(
     client: &impl GenericClient,
     job_id: JobId,
@@ -90,17 +102,23 @@ pub async fn read_job_events(
 ) -> Result<Vec<Frame>> {
     let statement = client
         .prepare_cached(&format!(
-            "select {FRAME_COLUMNS} from jobcast.events e
-              where e.job_id = $1 and e.seq > $2 order by e.seq limit $3"
+            "select * from (
+                select {}
+                  from jobcast.events e cross join lateral (select e.data::text as text) d
+                 where e.job_id = $1 and e.seq > $2
+                 order by e.seq limit $3
+             ) page where bytes_before < $4 order by seq",
+            frame_columns("e.seq")
         ))
         .await?;
     let rows = client
-        .query(&statement, &[&job_id.0, &after_seq, &limit])
+        .query(&statement, &[&job_id.0, &after_seq, &limit, &PAGE_BYTES])
         .await?;
     rows.iter().map(Frame::from_row).collect()
 }
 
-/// Events of several jobs, each after its own seq, ordered by job then seq.
+/// Events of several jobs, each after its own seq, ordered by job then seq: at most
+/// `limit`, about [`PAGE_BYTES`].
 pub async fn read_events_after(
     client: &impl GenericClient,
     after: &[(i64, i32)],
@@ -109,18 +127,25 @@ pub async fn read_events_after(
     let (ids, seqs): (Vec<i64>, Vec<i32>) = after.iter().copied().unzip();
     let statement = client
         .prepare_cached(&format!(
-            "select {FRAME_COLUMNS}
-               from unnest($1::bigint[], $2::integer[]) as u(job_id, after_seq)
-               join jobcast.events e on e.job_id = u.job_id and e.seq > u.after_seq
-              order by e.job_id, e.seq limit $3"
+            "select * from (
+                select {}
+                  from unnest($1::bigint[], $2::integer[]) as u(job_id, after_seq)
+                  join jobcast.events e on e.job_id = u.job_id and e.seq > u.after_seq
+                  cross join lateral (select e.data::text as text) d
+                 order by e.job_id, e.seq limit $3
+             ) page where bytes_before < $4 order by job_id, seq",
+            frame_columns("e.job_id, e.seq")
         ))
         .await?;
-    let rows = client.query(&statement, &[&ids, &seqs, &limit]).await?;
+    let rows = client
+        .query(&statement, &[&ids, &seqs, &limit, &PAGE_BYTES])
+        .await?;
     rows.iter().map(Frame::from_row).collect()
 }
 
 /// The firehose after `after`, in commit order: every frame, each with whether it passes
-/// the queue and kind filters (the cursor advances over all of them).
+/// the queue and kind filters (the cursor advances over all of them). About
+/// [`PAGE_BYTES`] at most.
 pub async fn read_firehose(
     client: &impl GenericClient,
     after: Cursor,
@@ -130,13 +155,20 @@ pub async fn read_firehose(
 ) -> Result<Vec<(Frame, bool)>> {
     let statement = client
         .prepare_cached(&format!(
-            "select {FRAME_COLUMNS}, e.matches
-               from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e"
+            "select * from (
+                select {}, e.matches
+                  from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e
+                  cross join lateral (select e.data::text as text) d
+             ) page where bytes_before < $6 order by xid::xid8, id",
+            frame_columns("e.xid, e.id")
         ))
         .await?;
     let xid = after.xid.to_string();
     let rows = client
-        .query(&statement, &[&xid, &after.id, &queue, &kind, &limit])
+        .query(
+            &statement,
+            &[&xid, &after.id, &queue, &kind, &limit, &PAGE_BYTES],
+        )
         .await?;
     rows.iter()
         .map(|row| Ok((Frame::from_row(row)?, row.try_get("matches")?)))

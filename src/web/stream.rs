@@ -23,7 +23,7 @@ use crate::metrics::{StreamGauge, METRICS};
 
 /// Tells EventSource how soon to reconnect after a dropped connection.
 const RETRY: Duration = Duration::from_millis(1000);
-/// Events read from the table per query.
+/// Most events read from the table per query (and at most about 1 MiB of them).
 const PAGE: i64 = 500;
 /// The firehose re-reads at least this often: an event becomes readable once every older
 /// transaction has ended, which no notification announces.
@@ -165,7 +165,9 @@ impl JobFollower {
     async fn read_from_table(&mut self) -> Result<(), db::Error> {
         let client = self.state.pool.get().await?;
         let frames = events::read_job_events(&client, self.job_id, self.last_seq, PAGE).await?;
-        self.read_table = frames.len() as i64 == PAGE;
+        // A short page may only mean the byte budget was reached: read on while it returns
+        // anything, until a read comes back empty.
+        self.read_table = !frames.is_empty();
         if self.first_read {
             self.first_read = false;
             if let Some(last) = frames.last() {
@@ -256,7 +258,8 @@ impl FirehoseFollower {
             PAGE as i32,
         )
         .await?;
-        self.read_table = rows.len() as i64 == PAGE;
+        // A page cut by its byte budget is shorter than PAGE: read on until one is empty.
+        self.read_table = !rows.is_empty();
         for (frame, matches) in rows {
             self.cursor = frame.cursor;
             if matches {

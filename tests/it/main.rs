@@ -6,7 +6,14 @@ mod common;
 
 mod cancel;
 mod dev;
+mod firehose;
 mod idempotency;
+mod operations;
+mod postgres_restart;
 mod retries;
+mod shutdown;
+mod slow_clients;
 mod streaming;
 mod validation;
+mod web_failover;
+mod worker_crash;

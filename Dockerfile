@@ -1,0 +1,19 @@
+# Small runtime image: a static-ish release binary on Debian slim (no PostgreSQL inside:
+# point DATABASE_URL at yours, or use `jobcast dev` outside a container).
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY migrations migrations
+COPY sql sql
+COPY examples examples
+RUN cargo build --release --locked --bin jobcast && strip target/release/jobcast
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 jobcast
+COPY --from=build /src/target/release/jobcast /usr/local/bin/jobcast
+USER jobcast
+ENV JOBCAST_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["jobcast"]
+CMD ["serve"]
