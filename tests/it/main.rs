@@ -5,6 +5,7 @@
 mod common;
 
 mod cancel;
+mod cli;
 mod dev;
 mod firehose;
 mod idempotency;
