@@ -211,7 +211,7 @@ impl Hub {
                 if batch.is_empty() {
                     break;
                 }
-                if let Err(reason) = self.fetch_and_broadcast(&batch).await {
+                if let Err(reason) = crate::db::deadline(self.fetch_and_broadcast(&batch)).await {
                     tracing::warn!(%reason, "reading notified events failed; retrying");
                     {
                         let mut pending = self.inner.pending();

@@ -27,6 +27,23 @@ pub enum Error {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The database did not answer within [`DEADLINE`].
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// How long any one database step may take before we stop waiting: a hung server or link
+/// becomes an error (and a retry) instead of a stuck request or worker.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Server-side limit on any pooled statement, a little above [`DEADLINE`].
+const STATEMENT_TIMEOUT_MS: u64 = 45_000;
+
+/// Runs one database step under [`DEADLINE`].
+pub async fn deadline<T>(step: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(DEADLINE, step)
+        .await
+        .map_err(|_| Error::TimedOut(DEADLINE))?
 }
 
 impl Error {
@@ -34,7 +51,7 @@ impl Error {
     /// so retrying later may succeed.
     pub fn is_connection(&self) -> bool {
         match self {
-            Error::Pool(_) => true,
+            Error::Pool(_) | Error::TimedOut(_) => true,
             Error::Postgres(e) => {
                 e.is_closed()
                     || e.code().is_none()
@@ -69,7 +86,8 @@ pub fn connection_config(url: &str, application: &str) -> Result<tokio_postgres:
 /// A pool of `size` connections. Waiting for a connection and creating one are bounded in
 /// time so a request fails with 503 rather than hanging while the database is away.
 pub fn pool(url: &str, application: &str, size: usize) -> Result<Pool> {
-    let config = connection_config(url, application)?;
+    let mut config = connection_config(url, application)?;
+    config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -52,6 +52,7 @@ pub fn build(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(request_deadline))
             .wrap(cors(&cors_origins))
             .route("/", web::get().to(dashboard))
             .route("/healthz", web::get().to(healthz))
@@ -123,6 +124,18 @@ pub async fn serve(
     println!("jobcast listening on http://{address}");
     tracing::info!(%address, "web tier listening");
     server.await
+}
+
+/// Every request gets its answer (for a stream: its response head) within the database
+/// deadline, or a 503: a hung database never holds a client forever.
+async fn request_deadline(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    match tokio::time::timeout(crate::db::DEADLINE, next.call(req)).await {
+        Ok(response) => Ok(response?.map_into_boxed_body()),
+        Err(_) => Err(ApiError::Unavailable("the database did not answer in time".into()).into()),
+    }
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -144,7 +144,7 @@ impl JobFollower {
             }
             if self.read_table {
                 // A failed read ends the stream; EventSource resumes from Last-Event-ID.
-                self.read_from_table().await.ok()?;
+                db::deadline(self.read_from_table()).await.ok()?;
                 continue;
             }
             tokio::select! {
@@ -234,7 +234,7 @@ impl FirehoseFollower {
                 return Some(render(&frame, frame.cursor.to_string()));
             }
             if self.read_table {
-                self.read_from_table().await.ok()?;
+                db::deadline(self.read_from_table()).await.ok()?;
                 if !self.backlog.is_empty() || self.read_table {
                     continue;
                 }

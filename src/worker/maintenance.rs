@@ -27,7 +27,7 @@ pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = reclaim_tick.tick() => {
-                if let Err(e) = reclaim_expired_leases(&pool, args.retry_base_ms as i64).await {
+                if let Err(e) = db::deadline(reclaim_expired_leases(&pool, args.retry_base_ms as i64)).await {
                     tracing::warn!(error = %e, "reclaiming expired leases failed");
                 }
             }

@@ -215,15 +215,18 @@ async fn claim_loop(
 }
 
 async fn claim(state: &State, kinds: &[String], wanted: usize) -> db::Result<Vec<Job>> {
-    let client = state.pool.get().await?;
-    db::jobs::claim_jobs(
-        &client,
-        &state.args.queues,
-        Some(kinds),
-        &state.worker_id,
-        wanted as i32,
-        state.args.lease_secs,
-    )
+    db::deadline(async {
+        let client = state.pool.get().await?;
+        db::jobs::claim_jobs(
+            &client,
+            &state.args.queues,
+            Some(kinds),
+            &state.worker_id,
+            wanted as i32,
+            state.args.lease_secs,
+        )
+        .await
+    })
     .await
 }
 
@@ -406,13 +409,11 @@ async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
         if held.is_empty() {
             continue;
         }
-        let still_held = match state.pool.get().await {
-            Ok(client) => {
-                db::jobs::heartbeat_jobs(&client, &state.worker_id, &held, state.args.lease_secs)
-                    .await
-            }
-            Err(e) => Err(e.into()),
-        };
+        let still_held = db::deadline(async {
+            let client = state.pool.get().await?;
+            db::jobs::heartbeat_jobs(&client, &state.worker_id, &held, state.args.lease_secs).await
+        })
+        .await;
         match still_held {
             Ok(ids) => {
                 let running = state.running();

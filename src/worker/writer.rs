@@ -134,7 +134,7 @@ async fn write_until_done(
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match write_batch(pool, worker_id, batch).await {
+        match db::deadline(write_batch(pool, worker_id, batch)).await {
             Ok(accepted) => {
                 for (queued, ok) in batch.drain(..).zip(accepted) {
                     let _ = queued.reply.send(ok);
