@@ -416,6 +416,7 @@ async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
         .await;
         match still_held {
             Ok(ids) => {
+                let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
                 let running = state.running();
                 for (id, attempt) in held {
                     if !ids.contains(&id) {

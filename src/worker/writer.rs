@@ -3,6 +3,7 @@
 //! next ops pile up and go out together, with one NOTIFY per statement. At low load each op
 //! is written at once; under load a transaction carries hundreds, so NOTIFY's cluster-wide
 //! commit lock is taken once per batch instead of once per event.
+use std::collections::HashSet;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -226,8 +227,11 @@ async fn write_batch(pool: &Pool, worker_id: &str, batch: &[Queued]) -> db::Resu
         }
     }
     if !completions.is_empty() {
-        let done =
-            db::jobs::complete_jobs(&transaction, worker_id, &Value::Array(completions)).await?;
+        let done: HashSet<i64> =
+            db::jobs::complete_jobs(&transaction, worker_id, &Value::Array(completions))
+                .await?
+                .into_iter()
+                .collect();
         for (position, job_id) in completion_positions {
             accepted[position] = done.contains(&job_id);
         }
@@ -242,7 +246,10 @@ async fn write_batch(pool: &Pool, worker_id: &str, batch: &[Queued]) -> db::Resu
             .iter()
             .map(|(_, id, attempt)| (*id, *attempt))
             .collect();
-        let released = db::jobs::release_jobs(&transaction, worker_id, &held).await?;
+        let released: HashSet<i64> = db::jobs::release_jobs(&transaction, worker_id, &held)
+            .await?
+            .into_iter()
+            .collect();
         for (position, job_id, _) in releases {
             accepted[position] = released.contains(&job_id);
         }
