@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
@@ -47,6 +47,8 @@ struct Inner {
     /// Jobs with notified events not yet read: job id -> lowest notified seq.
     pending: Mutex<HashMap<i64, i32>>,
     wake_fetcher: Notify,
+    /// When the oldest notification not yet read arrived: the commit time, near enough.
+    pending_since: Mutex<Option<Instant>>,
     connected: Arc<AtomicBool>,
     /// Bumped on every event notification and reconnect; the firehose waits on it.
     firehose: watch::Sender<u64>,
@@ -61,6 +63,18 @@ impl Inner {
 
     fn pending(&self) -> MutexGuard<'_, HashMap<i64, i32>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note_pending_since(&self) {
+        let mut since = self.pending_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.get_or_insert_with(Instant::now);
+    }
+
+    fn take_pending_since(&self) -> Option<Instant> {
+        self.pending_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
@@ -85,6 +99,7 @@ impl Hub {
                 topics: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 wake_fetcher: Notify::new(),
+                pending_since: Mutex::new(None),
                 connected,
                 firehose,
             }),
@@ -167,6 +182,7 @@ impl Hub {
                 .or_insert(first);
         }
         if !pending.is_empty() {
+            self.inner.note_pending_since();
             self.inner.wake_fetcher.notify_one();
         }
     }
@@ -211,7 +227,9 @@ impl Hub {
                 if batch.is_empty() {
                     break;
                 }
-                if let Err(reason) = crate::db::deadline(self.fetch_and_broadcast(&batch)).await {
+                let notified_at = self.inner.take_pending_since();
+                let fetched = self.fetch_and_broadcast(&batch, notified_at);
+                if let Err(reason) = crate::db::deadline(fetched).await {
                     tracing::warn!(%reason, "reading notified events failed; retrying");
                     {
                         let mut pending = self.inner.pending();
@@ -225,7 +243,11 @@ impl Hub {
         }
     }
 
-    async fn fetch_and_broadcast(&self, batch: &[(i64, i32)]) -> Result<(), crate::db::Error> {
+    async fn fetch_and_broadcast(
+        &self,
+        batch: &[(i64, i32)],
+        notified_at: Option<Instant>,
+    ) -> Result<(), crate::db::Error> {
         let client = self.inner.pool.get().await?;
         let frames = read_events_after(&client, batch, FETCH_LIMIT).await?;
         drop(client);
@@ -242,6 +264,10 @@ impl Hub {
                 continue;
             }
             topic.last_seq = Some(frame.seq);
+            let frame = Frame {
+                notified_at,
+                ..frame
+            };
             // No receivers is fine: the last subscriber just left.
             let _ = topic.sender.send(HubMessage::Frame(frame));
         }

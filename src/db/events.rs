@@ -21,8 +21,10 @@ pub struct Frame {
     pub event_type: ByteString,
     /// The `data` JSON, on one line.
     pub data: ByteString,
-    /// When the event was written (its `at`), for delivery latency.
+    /// When the event was written (its `at`).
     pub at: Option<DateTime<Utc>>,
+    /// When this process heard of its commit (live frames only), for delivery latency.
+    pub notified_at: Option<std::time::Instant>,
     /// Commit-ordered position, for the firehose.
     pub cursor: Cursor,
 }
@@ -37,6 +39,7 @@ impl Frame {
             event_type: ByteString::from(row.try_get::<_, String>("type")?),
             data: ByteString::from(row.try_get::<_, String>("data")?),
             at: at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())),
+            notified_at: None,
             cursor: Cursor {
                 xid: xid.parse().unwrap_or(0),
                 id: row.try_get("id")?,

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use actix_web_lab::sse::{self, Sse};
-use chrono::Utc;
 use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -53,11 +52,11 @@ where
 
 fn render(frame: &Frame, id: String) -> sse::Event {
     METRICS.events_delivered.inc();
-    if let Some(at) = frame.at {
-        let elapsed = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0);
+    // Live frames only: a replayed event's age says nothing about delivery.
+    if let Some(notified_at) = frame.notified_at {
         METRICS
             .event_delivery_seconds
-            .observe(elapsed as f64 / 1_000_000.0);
+            .observe(notified_at.elapsed().as_secs_f64());
     }
     sse::Event::Data(
         sse::Data::new(frame.data.clone())

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::WorkArgs;
 use crate::db::{self, jobs::Failure};
@@ -33,6 +34,10 @@ pub const CANCEL_CHANNEL: &str = "jobcast_cancel";
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Most jobs claimed in one statement.
 const MAX_CLAIM: usize = 100;
+/// Attempts claimed but not yet recorded, per handler slot.
+const IN_FLIGHT_PER_SLOT: usize = 4;
+/// How long a busy worker lets completions accumulate before claiming again.
+const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
 /// Longest retry backoff (API.md).
 const MAX_BACKOFF_MS: f64 = 600_000.0;
 
@@ -153,29 +158,58 @@ pub async fn run(
     tracing::info!("worker stopped");
 }
 
+/// Permits a claim needs: a handler slot (`--concurrency`) and an in-flight place, held
+/// until the attempt's outcome is committed.
+struct Permits {
+    slot: OwnedSemaphorePermit,
+    in_flight: OwnedSemaphorePermit,
+}
+
 async fn claim_loop(
     state: &Arc<State>,
     wake: &Notify,
     shutdown: &CancellationToken,
     jobs: &mut JoinSet<()>,
 ) {
-    let semaphore = Arc::new(Semaphore::new(state.args.concurrency as usize));
+    let concurrency = state.args.concurrency as usize;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    // A handler's slot is free as soon as it returns; its outcome is written in the next
+    // group commit meanwhile. This bounds attempts claimed but not yet recorded.
+    let in_flight = Arc::new(Semaphore::new(concurrency * IN_FLIGHT_PER_SLOT));
     let kinds = state.registry.kinds();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let first = tokio::select! {
+        let first_slot = tokio::select! {
             _ = shutdown.cancelled() => return,
-            permit = semaphore.clone().acquire_owned() => match permit {
+            permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
         };
-        let mut permits = vec![first];
+        let first_in_flight = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        if slots.available_permits() + 1 < concurrency {
+            // Busy: completions free slots in bursts (one group commit at a time); gather
+            // the burst so one claim statement fills many slots. Idle workers claim at once.
+            tokio::time::sleep(CLAIM_COOLDOWN).await;
+        }
+        let mut permits = vec![Permits {
+            slot: first_slot,
+            in_flight: first_in_flight,
+        }];
         while permits.len() < MAX_CLAIM {
-            match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let Ok(in_flight) = in_flight.clone().try_acquire_owned() else {
+                break;
+            };
+            permits.push(Permits { slot, in_flight });
         }
         let wanted = permits.len();
         let claimed = match claim(state, &kinds, wanted).await {
@@ -245,7 +279,7 @@ async fn idle_wait(state: &State) -> Duration {
     }
 }
 
-fn start_job(state: &Arc<State>, job: Job, permit: OwnedSemaphorePermit, jobs: &mut JoinSet<()>) {
+fn start_job(state: &Arc<State>, job: Job, permits: Permits, jobs: &mut JoinSet<()>) {
     let cancel = CancellationToken::new();
     state.running().insert(
         job.job_id.0,
@@ -255,16 +289,19 @@ fn start_job(state: &Arc<State>, job: Job, permit: OwnedSemaphorePermit, jobs: &
         },
     );
     let state = state.clone();
-    jobs.spawn(async move {
-        let _permit = permit;
-        let span = tracing::info_span!("job", job_id = %job.job_id, attempt = job.attempt,
-            kind = %job.kind, queue = %job.queue, worker_id = %state.worker_id);
-        let _entered = span.enter();
-        drop(_entered);
-        let outcome = run_attempt(&state, &job, cancel.clone()).await;
-        finish(&state, &job, &cancel, outcome).await;
-        state.running().remove(&job.job_id.0);
-    });
+    let span = tracing::info_span!("job", job_id = %job.job_id, attempt = job.attempt,
+        kind = %job.kind, queue = %job.queue, worker_id = %state.worker_id);
+    jobs.spawn(
+        async move {
+            let Permits { slot, in_flight } = permits;
+            let outcome = run_attempt(&state, &job, cancel.clone()).await;
+            drop(slot);
+            finish(&state, &job, &cancel, outcome).await;
+            state.running().remove(&job.job_id.0);
+            drop(in_flight);
+        }
+        .instrument(span),
+    );
 }
 
 enum Outcome {
