@@ -1,0 +1,480 @@
+//! What every scenario stands on: a fresh, migrated database each, the real `jobcast serve`
+//! and `jobcast work` processes, the PostgreSQL settings in force, and PostgreSQL's own
+//! ceiling (filled in by `raw`) to compare against.
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_postgres::NoTls;
+
+/// The release binary Cargo built alongside this bench.
+pub const BIN: &str = env!("CARGO_BIN_EXE_jobcast");
+
+/// PostgreSQL's own figures on this machine, from the `raw` scenario.
+#[derive(Default)]
+pub struct Baseline {
+    pub pgbench_tps: Option<f64>,
+    pub notify_rtt_p50_ms: Option<f64>,
+    pub notify_rtt_p99_ms: Option<f64>,
+}
+
+/// The state of one bench invocation.
+pub struct Bench {
+    pub admin_url: String,
+    pub log_dir: PathBuf,
+    pub baseline: Baseline,
+    /// 1.0 normally; smaller for a quick smoke run (`--quick`).
+    pub scale: f64,
+    /// Runs per figure that is a median.
+    pub runs: usize,
+    databases: AtomicUsize,
+}
+
+impl Bench {
+    pub fn new(admin_url: String, scale: f64, runs: usize) -> Result<Bench> {
+        let log_dir = std::env::temp_dir().join(format!("jobcast-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&log_dir).context("creating the log directory")?;
+        Ok(Bench {
+            admin_url,
+            log_dir,
+            baseline: Baseline::default(),
+            scale,
+            runs,
+            databases: AtomicUsize::new(0),
+        })
+    }
+
+    /// `count` scaled for a quick run, never below `floor`.
+    pub fn scaled(&self, count: usize, floor: usize) -> usize {
+        ((count as f64 * self.scale).round() as usize).max(floor)
+    }
+
+    /// A new database, migrated with `jobcast::db::migrate::run`.
+    pub async fn fresh_db(&self, label: &str) -> Result<Db> {
+        let n = self.databases.fetch_add(1, Ordering::Relaxed);
+        let name = format!("bench_{}_{n}", label.replace('-', "_"));
+        let admin = connect(&self.admin_url).await?;
+        // Two statements: a multi-statement string would run them in one transaction.
+        for sql in [
+            format!("drop database if exists {name} with (force)"),
+            format!("create database {name}"),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .with_context(|| format!("creating database {name}"))?;
+        }
+        let url = url_for(&self.admin_url, &name)?;
+        jobcast::db::migrate::run(&url)
+            .await
+            .with_context(|| format!("migrating database {name}"))?;
+        Ok(Db {
+            name,
+            url,
+            admin_url: self.admin_url.clone(),
+        })
+    }
+
+    /// A copy of `template` (CREATE DATABASE .. TEMPLATE), so that runs start from the same
+    /// state without paying for it each time.
+    pub async fn copy_db(&self, template: &Db, label: &str) -> Result<Db> {
+        let n = self.databases.fetch_add(1, Ordering::Relaxed);
+        let name = format!("bench_{}_{n}", label.replace('-', "_"));
+        let admin = connect(&self.admin_url).await?;
+        let sql = format!("create database {name} template {}", template.name);
+        let mut attempts = 0;
+        // The template's last connections may take a moment to go away.
+        while let Err(e) = admin.batch_execute(&sql).await {
+            attempts += 1;
+            if attempts >= 50 {
+                return Err(e).with_context(|| format!("creating database {name}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Db {
+            url: url_for(&self.admin_url, &name)?,
+            name,
+            admin_url: self.admin_url.clone(),
+        })
+    }
+
+    /// `value` as a multiple of pgbench's single-row UPDATE TPS.
+    pub fn vs_pgbench(&self, value: f64) -> Option<String> {
+        self.baseline
+            .pgbench_tps
+            .map(|tps| format!("{:.2}× pgbench UPDATE TPS", value / tps))
+    }
+
+    /// A latency as a multiple of the raw NOTIFY→LISTEN round trip at the same percentile.
+    pub fn vs_notify(&self, millis: f64, p99: bool) -> Option<String> {
+        let (base, name) = if p99 {
+            (self.baseline.notify_rtt_p99_ms, "p99")
+        } else {
+            (self.baseline.notify_rtt_p50_ms, "p50")
+        };
+        base.map(|b| format!("{:.1}× NOTIFY RTT {name}", millis / b))
+    }
+
+    /// The settings every scenario ran under, and the server version.
+    pub async fn postgres_settings(&self) -> Result<Value> {
+        let client = connect(&self.admin_url).await?;
+        let names = [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "wal_sync_method",
+            "wal_level",
+            "shared_buffers",
+            "max_connections",
+            "max_wal_size",
+            "checkpoint_timeout",
+            "work_mem",
+        ];
+        let mut settings = serde_json::Map::new();
+        for name in names {
+            let row = client
+                .query_one("select current_setting($1)", &[&name])
+                .await?;
+            settings.insert(name.to_owned(), json!(row.get::<_, String>(0)));
+        }
+        Ok(Value::Object(settings))
+    }
+}
+
+/// A plain connection, driven by its own task.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `admin` (a postgres:// URL) with its database name replaced by `database`.
+fn url_for(admin: &str, database: &str) -> Result<String> {
+    let scheme_end = admin
+        .find("://")
+        .context("DATABASE_URL must be a postgres:// URL")?
+        + 3;
+    let (base, query) = match admin.find('?') {
+        Some(q) => (&admin[..q], &admin[q..]),
+        None => (admin, ""),
+    };
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| i + scheme_end);
+    Ok(format!("{}/{database}{query}", &base[..path_start]))
+}
+
+/// One scenario's database.
+pub struct Db {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl Db {
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        connect(&self.url).await
+    }
+
+    /// A jobcast pool, for the library's `db::jobs` functions.
+    pub fn pool(&self, size: usize) -> Result<deadpool_postgres::Pool> {
+        Ok(jobcast::db::pool(&self.url, "jobcast-bench", size)?)
+    }
+
+    /// Runs `sql` on the maintenance database (e.g. `ALTER DATABASE`).
+    pub async fn admin_execute(&self, sql: &str) -> Result<()> {
+        connect(&self.admin_url).await?.batch_execute(sql).await?;
+        Ok(())
+    }
+
+    /// Flushes dirty pages now so that no run starts with another's checkpoint debt.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.client().await?.batch_execute("checkpoint").await?;
+        Ok(())
+    }
+
+    /// Enqueues `count` copies of `spec` through `jobcast::db::jobs::enqueue_jobs`, 1,000
+    /// per call (one transaction each); their ids.
+    pub async fn enqueue(&self, spec: Value, count: usize) -> Result<Vec<i64>> {
+        let spec = jobcast::job::JobSpec::parse(&spec)
+            .map_err(|e| anyhow::anyhow!("bench job spec: {e}"))?;
+        let specs = vec![spec; count];
+        let pool = self.pool(1)?;
+        let client = pool.get().await?;
+        let mut ids = Vec::with_capacity(count);
+        for chunk in specs.chunks(1000) {
+            for job in jobcast::db::jobs::enqueue_jobs(&client, chunk).await? {
+                ids.push(job.job_id.0);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Polls every 20 ms until `count` jobs have `status` or `deadline` passes; how many had.
+    pub async fn wait_for_status(
+        &self,
+        status: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> Result<i64> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare(
+                "select count(*) from jobcast.jobs where status = $1::text::jobcast.job_status",
+            )
+            .await?;
+        let until = Instant::now() + deadline;
+        loop {
+            let reached: i64 = client.query_one(&statement, &[&status]).await?.get(0);
+            if reached >= count as i64 || Instant::now() >= until {
+                return Ok(reached);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (succeeded jobs, seconds from the first start to the last finish), by the database's
+    /// own clock, so process start-up and polling are not counted.
+    pub async fn processing_span(&self) -> Result<(i64, f64)> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "select count(*) filter (where status = 'succeeded'),
+                        coalesce(extract(epoch from max(finished_at) - min(started_at))::float8, 0)
+                   from jobcast.jobs",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Waits until a backend of `application` has run LISTEN on this database.
+    pub async fn wait_listening(&self, application: &str, deadline: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let until = Instant::now() + deadline;
+        loop {
+            let row = client
+                .query_one(
+                    "select count(*) from pg_stat_activity
+                      where datname = $1 and application_name = $2 and query ilike 'listen%'",
+                    &[&self.name, &application],
+                )
+                .await?;
+            if row.get::<_, i64>(0) > 0 {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                bail!("{application} did not LISTEN within {deadline:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn drop_db(self) {
+        if let Ok(admin) = connect(&self.admin_url).await {
+            let _ = admin
+                .batch_execute(&format!(
+                    "drop database if exists {} with (force)",
+                    self.name
+                ))
+                .await;
+        }
+    }
+}
+
+/// A `jobcast` child process; killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// `http://ADDR` for `serve`.
+    pub url: Option<String>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn command(bench: &Bench, what: &str) -> Result<(Command, PathBuf)> {
+        let log = bench.log_dir.join(format!(
+            "{what}-{}.log",
+            bench.databases.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(BIN);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file)
+            .env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true);
+        Ok((command, log))
+    }
+
+    /// `jobcast serve --listen 127.0.0.1:0`, once it prints its address.
+    pub async fn serve(bench: &Bench, db: &Db) -> Result<Proc> {
+        let (mut command, log) = Proc::command(bench, "serve")?;
+        command.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ]);
+        let mut child = command.spawn().context("spawning jobcast serve")?;
+        let stdout = child.stdout.take().context("serve stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("jobcast listening on ") {
+                    return Ok::<_, anyhow::Error>(url.trim().to_owned());
+                }
+            }
+            bail!("jobcast serve exited; see {}", log.display())
+        })
+        .await
+        .context("jobcast serve did not print its address")??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Proc {
+            child,
+            url: Some(url),
+            log,
+        })
+    }
+
+    /// `jobcast work` with the demo handlers; `--concurrency` when given.
+    pub async fn work(bench: &Bench, db: &Db, concurrency: Option<u32>) -> Result<Proc> {
+        let (mut command, log) = Proc::command(bench, "work")?;
+        command.args(["work", "--database-url", &db.url]);
+        if let Some(concurrency) = concurrency {
+            command.args(["--concurrency", &concurrency.to_string()]);
+        }
+        let child = command.spawn().context("spawning jobcast work")?;
+        Ok(Proc {
+            child,
+            url: None,
+            log,
+        })
+    }
+
+    /// The `host:port` that `serve` listens on.
+    pub fn addr(&self) -> Result<String> {
+        let url = self.url.as_deref().context("not a serve process")?;
+        Ok(url.trim_start_matches("http://").to_owned())
+    }
+
+    pub fn pid(&self) -> Result<u32> {
+        self.child.id().context("the process has exited")
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
+    /// Open file descriptors.
+    pub fn open_files(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?))?.count())
+    }
+
+    /// Lines of its log that contain `needle`, and the first of them.
+    pub fn log_lines_with(&self, needle: &str) -> (usize, Option<String>) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut matching = text.lines().filter(|l| l.contains(needle));
+        let first = matching.next().map(str::to_owned);
+        (first.iter().count() + matching.count(), first)
+    }
+
+    /// Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.url.as_deref().context("not serve")?);
+        Ok(reqwest::get(url).await?.text().await?)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A sample value of a Prometheus metric without labels.
+pub fn prometheus_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The upper bound (in the metric's unit) of the bucket of a Prometheus histogram that holds
+/// its quantile `q` (0-1): what `histogram_quantile` would round up to.
+pub fn histogram_quantile_bound(text: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(&prefix)?.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(le, _)| *le)
+}
+
+/// serve's own view of delivery latency, from its `/metrics`.
+pub fn serve_side_latency(metrics: &str) -> String {
+    let bound = |q| {
+        histogram_quantile_bound(metrics, "jobcast_event_delivery_seconds", q)
+            .map(|s| format!("<= {} ms", crate::report::number(s * 1000.0)))
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "serve's own jobcast_event_delivery_seconds (event `at` -> frame handed to the stream, \
+         bucket bounds, replays included): p50 {}, p99 {}",
+        bound(0.5),
+        bound(0.99)
+    )
+}
+
+/// nproc, memory, CPU model and kernel of this machine.
+pub fn machine() -> Value {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
+    let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "cpu": cpu,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "open_files_soft_hard": nofile.map(|(soft, hard)| vec![soft, hard]),
+    })
+}
