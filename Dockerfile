@@ -7,6 +7,7 @@ COPY src src
 COPY migrations migrations
 COPY sql sql
 COPY examples examples
+COPY benches benches
 RUN cargo build --release --locked --bin jobcast && strip target/release/jobcast
 
 FROM debian:bookworm-slim
