@@ -3,17 +3,20 @@
 -- statement. Workers in any language can call these functions directly.
 -- Applied after migrations/ by `jobcast migrate`, under the same advisory lock.
 
+-- Declared no stricter than its body (to_char is stable) so that PostgreSQL inlines it: a
+-- function that is not inlined is planned and run on its own for every row.
 create or replace function jobcast.rfc3339(t timestamptz) returns text
-language sql immutable as $$
+language sql stable as $$
     select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
 $$;
 
--- The `data` object of an event, as SSE clients receive it.
+-- The `data` object of an event, as SSE clients receive it. Volatile like clock_timestamp(),
+-- which keeps it inlinable (see rfc3339).
 create or replace function jobcast.event_data(
     p_job_id bigint, p_kind text, p_queue text, p_status jobcast.job_status,
     p_attempt integer, p_seq integer, p_type text, p_extra jsonb
 ) returns jsonb
-language sql stable as $$
+language sql volatile as $$
     select jsonb_build_object(
         'job_id', p_job_id::text, 'seq', p_seq, 'type', p_type,
         'at', jobcast.rfc3339(clock_timestamp()), 'status', p_status,
@@ -120,26 +123,46 @@ $$;
 
 -- Claim up to p_limit due jobs in one statement: running, next attempt, leased to p_worker.
 -- p_kinds limits the claim to kinds the worker has handlers for (null: any kind).
-create or replace function jobcast.claim_jobs(
+-- plpgsql, not sql: its statements' plans are cached per session instead of re-planned on
+-- every call.
+drop function if exists jobcast.claim_jobs(text[], text[], text, integer, double precision);
+create function jobcast.claim_jobs(
     p_queues text[], p_kinds text[], p_worker text, p_limit integer,
     p_lease_secs double precision
 ) returns setof jobcast.jobs
-language sql as $$
-    with due as (
-        select id from jobcast.jobs
-         where queue = any(p_queues) and status = 'queued' and run_at <= now()
-           and (p_kinds is null or kind = any(p_kinds))
-         order by priority desc, run_at, id
+language plpgsql as $$
+declare
+    due_ids bigint[];
+begin
+    -- One index scan per queue, each already in claim order: `queue = any(array)` would
+    -- make PostgreSQL read and sort every queued row of those queues on every claim.
+    select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
+      from (
+        select c.id, c.priority, c.run_at
+          from unnest(p_queues) as q(name)
+          cross join lateral (
+              select j.id, j.priority, j.run_at
+                from jobcast.jobs j
+               where j.queue = q.name and j.status = 'queued' and j.run_at <= now()
+                 and (p_kinds is null or j.kind = any(p_kinds))
+               order by j.priority desc, j.run_at, j.id
+               limit p_limit
+                 for update skip locked
+          ) c
+         order by c.priority desc, c.run_at, c.id
          limit p_limit
-           for update skip locked
-    ), claimed as (
+      ) c;
+    if due_ids is null then
+        return;
+    end if;
+    return query
+    with claimed as (
         update jobcast.jobs j
            set status = 'running', attempt = j.attempt + 1, started_at = now(),
                updated_at = now(), worker = p_worker,
                lease_until = now() + make_interval(secs => p_lease_secs),
                last_seq = j.last_seq + 1
-          from due
-         where j.id = due.id
+         where j.id = any(due_ids)
         returning j.*
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -148,7 +171,8 @@ language sql as $$
                                   'started', null)
           from claimed c
     )
-    select * from claimed order by priority desc, run_at, id
+    select * from claimed c order by c.priority desc, c.run_at, c.id;
+end
 $$;
 
 -- Record progress and custom events of running attempts, in order. Each element:
@@ -209,20 +233,31 @@ $$;
 
 -- Finish attempts successfully. Each element: {job_id, attempt, result}. Returns the ids
 -- that succeeded; attempts no longer held by p_worker are refused.
-create or replace function jobcast.complete_jobs(p_worker text, p_results jsonb)
+drop function if exists jobcast.complete_jobs(text, jsonb);
+create function jobcast.complete_jobs(p_worker text, p_results jsonb)
 returns table (job_id bigint)
-language sql as $$
-    with input as (
-        select (x->>'job_id')::bigint as id, (x->>'attempt')::integer as attempt,
-               coalesce(x->'result', 'null'::jsonb) as result
-          from jsonb_array_elements(p_results) x
-    ), done as (
+language plpgsql as $$
+declare
+    ids bigint[];
+    attempts integer[];
+    results jsonb[];
+begin
+    -- Unpacked once into arrays: joining on the JSON directly re-expands it per row.
+    select array_agg((x->>'job_id')::bigint), array_agg((x->>'attempt')::integer),
+           array_agg(coalesce(x->'result', 'null'::jsonb))
+      into ids, attempts, results
+      from jsonb_array_elements(p_results) x;
+    if ids is null then
+        return;
+    end if;
+    return query
+    with done as (
         update jobcast.jobs j
            set status = 'succeeded', result = i.result, finished_at = now(), updated_at = now(),
                lease_until = null, worker = null, last_seq = j.last_seq + 1
-          from input i
-         where j.id = i.id and j.attempt = i.attempt and j.worker = p_worker
-           and j.status = 'running'
+          from unnest(ids, attempts, results) as i(id, attempt, result)
+         where j.id = i.id and j.id = any(ids) and j.attempt = i.attempt
+           and j.worker = p_worker and j.status = 'running'
         returning j.*
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -231,7 +266,8 @@ language sql as $$
                                   'succeeded', jsonb_build_object('result', d.result))
           from done d
     )
-    select id from done
+    select d.id from done d;
+end
 $$;
 
 -- Fail an attempt: back to queued after p_retry_delay_ms when retryable and attempts remain

@@ -50,6 +50,18 @@ pub async fn run(bench: &Bench) -> Result<Report> {
         }
     }
     let (rate_on, rate_off) = (median(&on), median(&off));
+    let list = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|r| number(*r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    report.note(format!(
+        "events/s per run: notify on {}; notify off {}",
+        list(&on),
+        list(&off)
+    ));
     report
         .metric("events_committed_notify_on", rate_on, "events/s")
         .relative(bench.vs_pgbench(rate_on));

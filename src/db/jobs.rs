@@ -144,8 +144,12 @@ pub async fn next_run_at(
 ) -> Result<Option<DateTime<Utc>>> {
     let statement = client
         .prepare_cached(
-            "select min(run_at) from jobcast.jobs
-              where queue = any($1) and status = 'queued' and run_at > now()",
+            "select min(j.run_at) from unnest($1::text[]) as q(name)
+               cross join lateral (
+                   select run_at from jobcast.jobs
+                    where queue = q.name and status = 'queued' and run_at > now()
+                    order by run_at limit 1
+               ) j",
         )
         .await?;
     let row = client.query_one(&statement, &[&queues]).await?;

@@ -34,6 +34,8 @@ pub const CANCEL_CHANNEL: &str = "jobcast_cancel";
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Most jobs claimed in one statement.
 const MAX_CLAIM: usize = 100;
+/// How long a stopping worker tries to hand back unfinished jobs after the grace period.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts claimed but not yet recorded, per handler slot.
 const IN_FLIGHT_PER_SLOT: usize = 4;
 /// How long a busy worker lets completions accumulate before claiming again.
@@ -143,6 +145,13 @@ pub async fn run(
             "grace period over; handing back unfinished jobs"
         );
         state.hard_stop.cancel();
+        // Handing back needs the database; if it is down, stop waiting for it after a
+        // while (the leases run out and another worker takes the jobs up).
+        let give_up_later = give_up.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HAND_BACK_TIMEOUT).await;
+            give_up_later.cancel();
+        });
         while jobs.join_next().await.is_some() {}
     }
     background.cancel();

@@ -73,10 +73,15 @@ async fn an_event_committed_after_a_later_id_is_never_skipped() {
         "nothing is readable past an open transaction: {page:?}"
     );
     slow_tx.commit().await.unwrap();
-    let page = db::events::read_firehose(&reader, start, None, None, 100)
-        .await
-        .unwrap();
-    let jobs: Vec<i64> = page.iter().map(|(f, _)| f.job_id).collect();
+    // Both become readable once every older transaction in the cluster has ended (other
+    // tests' transactions count too, so wait for it).
+    let jobs: Vec<i64> = eventually("both events readable", T, || async {
+        let page = db::events::read_firehose(&reader, start, None, None, 100)
+            .await
+            .unwrap();
+        (page.len() == 2).then(|| page.iter().map(|(f, _)| f.job_id).collect())
+    })
+    .await;
     assert_eq!(
         jobs,
         [a[0].job_id.0, b[0].job_id.0],

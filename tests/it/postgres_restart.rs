@@ -76,3 +76,29 @@ async fn a_postgres_restart_loses_no_event_and_needs_no_process_restart() {
     cluster.stop_now("immediate").await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test]
+async fn a_worker_stopped_while_postgres_is_down_still_exits() {
+    let root = std::env::temp_dir().join(format!("jobcast-down-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let mut cluster = Cluster::start_or_reuse(&root.join("pg"))
+        .await
+        .expect("own cluster");
+    let url = cluster.url();
+    jobcast::db::migrate::run(&url).await.unwrap();
+    let serve = Proc::serve(&url, &[]);
+    let mut worker = Proc::work(&url, &["--grace-secs", "1"]);
+    let id = submit_ok(
+        serve.url(),
+        json!({"kind": "demo.steps", "args": {"steps": 100, "step_ms": 100}}),
+    )
+    .await;
+    wait_for_status(serve.url(), &id, "running", T).await;
+    drop(serve);
+
+    cluster.stop_now("fast").await.expect("stop postgres");
+    worker.signal("TERM");
+    // Grace (1 s), then at most the hand-back timeout (5 s) trying to reach the database.
+    assert_eq!(worker.wait_exit(Duration::from_secs(15)), Some(0));
+    let _ = std::fs::remove_dir_all(&root);
+}
