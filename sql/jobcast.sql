@@ -125,8 +125,7 @@ $$;
 -- p_kinds limits the claim to kinds the worker has handlers for (null: any kind).
 -- plpgsql, not sql: its statements' plans are cached per session instead of re-planned on
 -- every call.
-drop function if exists jobcast.claim_jobs(text[], text[], text, integer, double precision);
-create function jobcast.claim_jobs(
+create or replace function jobcast.claim_jobs(
     p_queues text[], p_kinds text[], p_worker text, p_limit integer,
     p_lease_secs double precision
 ) returns setof jobcast.jobs
@@ -233,8 +232,7 @@ $$;
 
 -- Finish attempts successfully. Each element: {job_id, attempt, result}. Returns the ids
 -- that succeeded; attempts no longer held by p_worker are refused.
-drop function if exists jobcast.complete_jobs(text, jsonb);
-create function jobcast.complete_jobs(p_worker text, p_results jsonb)
+create or replace function jobcast.complete_jobs(p_worker text, p_results jsonb)
 returns table (job_id bigint)
 language plpgsql as $$
 declare
