@@ -16,15 +16,21 @@ async fn ready_status(server: &str) -> u16 {
     }
 }
 
-#[tokio::test]
-async fn a_postgres_restart_loses_no_event_and_needs_no_process_restart() {
-    let root = std::env::temp_dir().join(format!("jobcast-restart-{}", rand::random::<u32>()));
+/// A migrated PostgreSQL cluster of the test's own, which it may stop and start.
+async fn own_cluster(tag: &str) -> (std::path::PathBuf, Cluster, String) {
+    let root = std::env::temp_dir().join(format!("jobcast-{tag}-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&root).unwrap();
-    let mut cluster = Cluster::start_or_reuse(&root.join("pg"))
+    let cluster = Cluster::start_or_reuse(&root.join("pg"))
         .await
         .expect("own cluster");
     let url = cluster.url();
     jobcast::db::migrate::run(&url).await.unwrap();
+    (root, cluster, url)
+}
+
+#[tokio::test]
+async fn a_postgres_restart_loses_no_event_and_needs_no_process_restart() {
+    let (root, mut cluster, url) = own_cluster("restart").await;
 
     let serve = Proc::serve(&url, &[]);
     let _work = Proc::work(&url, &[]);
@@ -79,13 +85,7 @@ async fn a_postgres_restart_loses_no_event_and_needs_no_process_restart() {
 
 #[tokio::test]
 async fn a_worker_stopped_while_postgres_is_down_still_exits() {
-    let root = std::env::temp_dir().join(format!("jobcast-down-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&root).unwrap();
-    let mut cluster = Cluster::start_or_reuse(&root.join("pg"))
-        .await
-        .expect("own cluster");
-    let url = cluster.url();
-    jobcast::db::migrate::run(&url).await.unwrap();
+    let (root, mut cluster, url) = own_cluster("down").await;
     let serve = Proc::serve(&url, &[]);
     let mut worker = Proc::work(&url, &["--grace-secs", "1"]);
     let id = submit_ok(
