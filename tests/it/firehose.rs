@@ -116,13 +116,7 @@ async fn resuming_from_any_cursor_sees_every_event_once_with_eight_workers_commi
     let specs: Vec<Value> = (0..150)
         .map(|i| json!({"kind": "demo.steps", "args": {"steps": 4, "step_ms": i % 3}}))
         .collect();
-    let response = http()
-        .post(format!("{}/v1/jobs/batch", serve.url()))
-        .json(&json!({"jobs": specs}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    submit_batch_ok(serve.url(), specs).await;
 
     let mut all = Vec::new();
     let mut finished = 0;

@@ -289,13 +289,7 @@ async fn lists_jobs_newest_first_with_keyset_pages() {
     let specs: Vec<Value> = (0..7)
         .map(|i| json!({"kind": if i % 2 == 0 { "even" } else { "odd" }, "queue": "q"}))
         .collect();
-    let response = http()
-        .post(format!("{}/v1/jobs/batch", serve.url()))
-        .json(&json!({"jobs": specs}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    submit_batch_ok(serve.url(), specs).await;
 
     let mut ids = Vec::new();
     let mut cursor: Option<String> = None;

@@ -239,6 +239,17 @@ pub async fn submit_ok(server: &str, body: Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
+/// POST /v1/jobs/batch, asserting 202.
+pub async fn submit_batch_ok(server: &str, specs: Vec<Value>) {
+    let response = http()
+        .post(format!("{server}/v1/jobs/batch"))
+        .json(&serde_json::json!({ "jobs": specs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
+
 pub async fn get_job(server: &str, id: &str) -> Value {
     http()
         .get(format!("{server}/v1/jobs/{id}"))
