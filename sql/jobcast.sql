@@ -55,6 +55,24 @@ create or replace trigger events_notify
     referencing new table as new_events
     for each statement execute function jobcast.notify_events();
 
+-- Adds to a cluster-wide counter, on the shard of this backend: concurrent writers rarely
+-- wait for each other (readers sum the shards).
+create or replace function jobcast.add_to_counter(p_name text, p_delta bigint) returns void
+language sql as $$
+    insert into jobcast.counters (name, shard, value)
+    values (p_name, (pg_backend_pid() % 16)::smallint, p_delta)
+    on conflict (name, shard) do update set value = jobcast.counters.value + excluded.value
+$$;
+
+-- The backoff before attempt n+1: base * 2^(n-1), capped at 10 minutes. Computed in
+-- floating point so that no attempt number can overflow (max_attempts allows 100).
+create or replace function jobcast.retry_delay_ms(p_base_ms bigint, p_attempt integer)
+returns bigint
+language sql immutable as $$
+    select least(p_base_ms::float8 * power(2::float8, least(greatest(p_attempt - 1, 0), 62)),
+                 600000)::bigint
+$$;
+
 -- Enqueue a batch of specs (validated by the caller's edge, backed by CHECKs here).
 -- Specs carrying an idempotency_key already taken are skipped (see enqueue_job).
 create or replace function jobcast.enqueue_jobs(p_specs jsonb) returns setof jobcast.jobs
@@ -135,22 +153,45 @@ declare
 begin
     -- One index scan per queue, each already in claim order: `queue = any(array)` would
     -- make PostgreSQL read and sort every queued row of those queues on every claim.
-    select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
-      from (
-        select c.id, c.priority, c.run_at
-          from unnest(p_queues) as q(name)
-          cross join lateral (
-              select j.id, j.priority, j.run_at
-                from jobcast.jobs j
-               where j.queue = q.name and j.status = 'queued' and j.run_at <= now()
-                 and (p_kinds is null or j.kind = any(p_kinds))
-               order by j.priority desc, j.run_at, j.id
-               limit p_limit
-                 for update skip locked
-          ) c
-         order by c.priority desc, c.run_at, c.id
-         limit p_limit
-      ) c;
+    -- One index scan per queue (per queue and kind when kinds are given), each already in
+    -- claim order: `queue = any(array)` would make PostgreSQL read and sort every queued row
+    -- of those queues on every claim, and a kind filter outside the index would walk rows of
+    -- other kinds.
+    if p_kinds is null then
+        select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
+          from (
+            select c.id, c.priority, c.run_at
+              from unnest(p_queues) as q(name)
+              cross join lateral (
+                  select j.id, j.priority, j.run_at
+                    from jobcast.jobs j
+                   where j.queue = q.name and j.status = 'queued' and j.run_at <= now()
+                   order by j.priority desc, j.run_at, j.id
+                   limit p_limit
+                     for update skip locked
+              ) c
+             order by c.priority desc, c.run_at, c.id
+             limit p_limit
+          ) c;
+    else
+        select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
+          from (
+            select c.id, c.priority, c.run_at
+              from unnest(p_queues) as q(name)
+              cross join unnest(p_kinds) as k(name)
+              cross join lateral (
+                  select j.id, j.priority, j.run_at
+                    from jobcast.jobs j
+                   where j.queue = q.name and j.kind = k.name and j.status = 'queued'
+                     and j.run_at <= now()
+                   order by j.priority desc, j.run_at, j.id
+                   limit p_limit
+                     for update skip locked
+              ) c
+             order by c.priority desc, c.run_at, c.id
+             limit p_limit
+          ) c;
+    end if;
     if due_ids is null then
         return;
     end if;
@@ -296,7 +337,7 @@ begin
     end if;
     if j.status = 'queued' then
         event_type := 'retrying';
-        update jobcast.counters set value = value + 1 where name = 'retries';
+        perform jobcast.add_to_counter('retries', 1);
     else
         event_type := 'failed';
     end if;
@@ -309,6 +350,78 @@ begin
                      else '{}'::jsonb end));
     return next j;
 end
+$$;
+
+-- Fail several attempts in one statement (the group commit's path; fail_job stays for
+-- callers that fail one at a time). Each element: {job_id, attempt, error, retryable,
+-- retry_delay_ms}. Returns the ids whose failure was recorded; others were fenced out.
+create or replace function jobcast.fail_jobs(p_worker text, p_failures jsonb)
+returns table (job_id bigint)
+language plpgsql as $$
+declare
+    ids bigint[];
+    retried bigint;
+begin
+    with input as (
+        select (x->>'job_id')::bigint as id, (x->>'attempt')::integer as attempt,
+               x->'error' as error, coalesce((x->>'retryable')::boolean, true) as retryable,
+               coalesce((x->>'retry_delay_ms')::bigint, 0) as delay_ms
+          from jsonb_array_elements(p_failures) x
+    ), failed as (
+        update jobcast.jobs j
+           set status = case when i.retryable and j.attempt < j.max_attempts
+                             then 'queued' else 'failed' end::jobcast.job_status,
+               run_at = case when i.retryable and j.attempt < j.max_attempts
+                             then now() + i.delay_ms * interval '1 millisecond' else j.run_at end,
+               finished_at = case when i.retryable and j.attempt < j.max_attempts
+                                  then null else now() end,
+               error = i.error, lease_until = null, worker = null, updated_at = now(),
+               last_seq = j.last_seq + 1
+          from input i
+         where j.id = i.id and j.attempt = i.attempt and j.worker = p_worker
+           and j.status = 'running'
+        returning j.*
+    ), events as (
+        insert into jobcast.events (job_id, seq, type, data)
+        select f.id, f.last_seq,
+               case when f.status = 'queued' then 'retrying' else 'failed' end,
+               jobcast.event_data(f.id, f.kind, f.queue, f.status, f.attempt, f.last_seq,
+                   case when f.status = 'queued' then 'retrying' else 'failed' end,
+                   jsonb_build_object('error', f.error) ||
+                   case when f.status = 'queued'
+                        then jsonb_build_object('run_at', jobcast.rfc3339(f.run_at))
+                        else '{}'::jsonb end)
+          from failed f
+    ), wake as (
+        select pg_notify('jobcast_jobs', q)
+          from (select distinct queue as q from failed where status = 'queued') d
+    )
+    select array_agg(f.id), count(*) filter (where f.status = 'queued')
+      into ids, retried
+      from failed f left join (select count(*) from wake) w on true;
+    if retried > 0 then
+        perform jobcast.add_to_counter('retries', retried);
+    end if;
+    return query select unnest(coalesce(ids, '{}'));
+end
+$$;
+
+-- Seconds until the earliest queued job of these queues and kinds is due (0 when one is
+-- due now, null when none is queued), by the database's clock: a worker whose own clock
+-- is off neither spins nor oversleeps.
+create or replace function jobcast.next_due_in(p_queues text[], p_kinds text[])
+returns double precision
+language sql stable as $$
+    -- greatest() ignores nulls: none queued stays null.
+    select case when min(j.run_at) is null then null
+                else greatest(extract(epoch from min(j.run_at) - now())::float8, 0) end
+      from unnest(p_queues) as q(name)
+      cross join unnest(coalesce(p_kinds, array[null::text])) as k(name)
+      cross join lateral (
+          select run_at from jobcast.jobs
+           where queue = q.name and (k.name is null or kind = k.name) and status = 'queued'
+           order by run_at limit 1
+      ) j
 $$;
 
 -- Cancel a queued or running job at once. Returns the cancelled job, or nothing when the job
@@ -400,11 +513,11 @@ begin
         perform jobcast.fail_job(j.id, j.attempt, null,
             jsonb_build_object('message', 'lease expired: worker ' || j.worker
                                           || ' stopped heartbeating', 'lease_expired', true),
-            true, least(p_retry_base_ms * (2 ^ greatest(j.attempt - 1, 0))::bigint, 600000));
+            true, jobcast.retry_delay_ms(p_retry_base_ms, j.attempt));
         reclaimed := reclaimed + 1;
     end loop;
     if reclaimed > 0 then
-        update jobcast.counters set value = value + reclaimed where name = 'leases_expired';
+        perform jobcast.add_to_counter('leases_expired', reclaimed);
     end if;
     return reclaimed;
 end
@@ -427,21 +540,77 @@ language sql as $$
     select count(*)::integer from deleted
 $$;
 
--- The firehose in commit order: events after cursor (xid, id) whose transaction is older than
--- every transaction still running, so no event can later appear before the cursor. Every
--- row is returned (the cursor advances over all of them); `matches` says whether it passes
--- the optional queue and kind filters.
+-- The firehose horizon: every event whose xid is below it has committed or never will,
+-- and no transaction that can still write events has an xid below it. Only transactions
+-- of this database can write jobcast.events, so the in-progress transactions of other
+-- databases (which hold back the cluster-wide pg_snapshot_xmin) are left out: a forgotten
+-- BEGIN elsewhere does not stall the firehose. A transaction of this database that holds
+-- an xid still holds the horizon back: bound that with idle_in_transaction_session_timeout.
+create or replace function jobcast.firehose_horizon() returns xid8
+language plpgsql volatile as $$
+declare
+    snap pg_snapshot := pg_current_snapshot();
+    horizon xid8;
+begin
+    -- Read after the snapshot: a transaction in progress in the snapshot that has ended by
+    -- now is no longer listed, and its events are visible to the next statement's snapshot.
+    select min(x) into horizon
+      from pg_snapshot_xip(snap) as x
+     where (x::text::numeric % 4294967296)::bigint in (
+               select a.backend_xid::text::bigint
+                 from pg_stat_activity a
+                where a.datid = (select oid from pg_database where datname = current_database())
+                  and a.backend_xid is not null
+               union all
+               select p.transaction::text::bigint
+                 from pg_prepared_xacts p
+                where p.database = current_database());
+    return coalesce(horizon, pg_snapshot_xmax(snap));
+end
+$$;
+
+-- The firehose in commit order: events after cursor (xid, id) whose transaction is below
+-- the horizon, so no event can later appear before the cursor. Every row is returned (the
+-- cursor advances over all of them); `matches` says whether it passes the optional queue
+-- and kind filters. The horizon is taken in a statement of its own, before the read.
 create or replace function jobcast.read_firehose(
     p_after_xid xid8, p_after_id bigint, p_queue text, p_kind text, p_limit integer
 ) returns table (xid xid8, id bigint, job_id bigint, seq integer, type text, data jsonb,
                  matches boolean)
-language sql stable as $$
+language plpgsql volatile as $$
+declare
+    horizon xid8 := jobcast.firehose_horizon();
+begin
+    return query
     select e.xid, e.id, e.job_id, e.seq, e.type, e.data,
            (p_queue is null or e.data->>'queue' = p_queue)
            and (p_kind is null or e.data->>'kind' = p_kind)
       from jobcast.events e
      where (e.xid, e.id) > (p_after_xid, p_after_id)
-       and e.xid < pg_snapshot_xmin(pg_current_snapshot())
+       and e.xid < horizon
      order by e.xid, e.id
-     limit p_limit
+     limit p_limit;
+end
+$$;
+
+-- One page of the whole firehose for the web tier's readers: the events after the cursor
+-- below the horizon, then one last row with a null job_id whose xid is the horizon (so an
+-- empty page still tells the reader how far nothing is left: up to the horizon).
+create or replace function jobcast.firehose_page(
+    p_after_xid xid8, p_after_id bigint, p_limit integer
+) returns table (xid xid8, id bigint, job_id bigint, seq integer, type text, data jsonb)
+language plpgsql volatile as $$
+declare
+    horizon xid8 := jobcast.firehose_horizon();
+begin
+    return query
+    select e.xid, e.id, e.job_id, e.seq, e.type, e.data
+      from jobcast.events e
+     where (e.xid, e.id) > (p_after_xid, p_after_id)
+       and e.xid < horizon
+     order by e.xid, e.id
+     limit p_limit;
+    return query select horizon, null::bigint, null::bigint, null::integer, null::text,
+                        null::jsonb;
+end
 $$;

@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::events::{read_events_after, Frame};
+use crate::db::events::{read_events_after, Cursor, Frame};
 use crate::listener::{self, Signal};
 use crate::metrics::METRICS;
 
@@ -22,6 +22,14 @@ const TOPIC_CAPACITY: usize = 64;
 /// Most events read in one catch-up query (and about 1 MiB at most); more are read in the
 /// next round.
 const FETCH_LIMIT: i64 = 5_000;
+
+/// Pages the firehose reader buffers for its slowest follower; one further behind catches
+/// up from the table.
+const FIREHOSE_CAPACITY: usize = 256;
+/// Most events in one firehose page.
+const FIREHOSE_PAGE: i32 = 500;
+/// How often the firehose reader looks for events even without a notification.
+pub const FIREHOSE_POLL: Duration = Duration::from_millis(250);
 
 /// The channel `jobcast.notify_events` notifies on.
 pub const EVENTS_CHANNEL: &str = "jobcast_events";
@@ -52,6 +60,21 @@ struct Inner {
     connected: Arc<AtomicBool>,
     /// Bumped on every event notification and reconnect; the firehose waits on it.
     firehose: watch::Sender<u64>,
+    /// Pages of the whole firehose, read once per process for every firehose follower.
+    firehose_pages: broadcast::Sender<Arc<FirehosePage>>,
+}
+
+/// A page of the firehose read by the hub's one reader: every event after `from` up to
+/// `to`, in commit order. A follower at a position at or after `from` takes the frames after
+/// its position; one before `from` missed something and reads the table itself.
+#[derive(Debug)]
+pub struct FirehosePage {
+    /// Where the page starts (exclusive).
+    pub from: Cursor,
+    /// Where it ends (inclusive): no event between `from` and `to` is missing.
+    pub to: Cursor,
+    /// The events, in commit order.
+    pub frames: Vec<Frame>,
 }
 
 impl Inner {
@@ -91,8 +114,10 @@ impl Hub {
         pool: Pool,
         shutdown: CancellationToken,
     ) -> Hub {
+        let shutdown_for_firehose = shutdown.clone();
         let (signals, connected) = listener::spawn(listen_config, &[EVENTS_CHANNEL], shutdown);
         let (firehose, _) = watch::channel(0);
+        let (firehose_pages, _) = broadcast::channel(FIREHOSE_CAPACITY);
         let hub = Hub {
             inner: Arc::new(Inner {
                 pool,
@@ -102,10 +127,12 @@ impl Hub {
                 pending_since: Mutex::new(None),
                 connected,
                 firehose,
+                firehose_pages,
             }),
         };
         tokio::spawn(hub.clone().route_signals(signals));
         tokio::spawn(hub.clone().fetch_loop());
+        tokio::spawn(hub.clone().firehose_loop(shutdown_for_firehose));
         hub
     }
 
@@ -136,6 +163,65 @@ impl Hub {
     /// A receiver that changes whenever events may have been committed.
     pub fn firehose_changes(&self) -> watch::Receiver<u64> {
         self.inner.firehose.subscribe()
+    }
+
+    /// The pages of the process's one firehose reader. Subscribe before reading the table.
+    pub fn firehose_pages(&self) -> broadcast::Receiver<Arc<FirehosePage>> {
+        self.inner.firehose_pages.subscribe()
+    }
+
+    /// The process's one firehose reader: reads every new event once (on a notification, or
+    /// every [`FIREHOSE_POLL`]: an event becomes readable once every older transaction has
+    /// ended, which no notification announces) and broadcasts it to every firehose
+    /// follower. Idle while nobody follows, so the database cost is per process, not per
+    /// client.
+    async fn firehose_loop(self, shutdown: CancellationToken) {
+        let mut changes = self.inner.firehose.subscribe();
+        let mut position: Option<Cursor> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(FIREHOSE_POLL) => {}
+            }
+            if self.inner.firehose_pages.receiver_count() == 0 {
+                // Nobody follows: start again from "now" when someone does (followers
+                // bridge any gap from the table).
+                position = None;
+                continue;
+            }
+            if let Err(reason) = crate::db::deadline(self.read_firehose(&mut position)).await {
+                tracing::warn!(%reason, "reading the firehose failed; retrying");
+                position = None;
+            }
+        }
+    }
+
+    async fn read_firehose(&self, position: &mut Option<Cursor>) -> Result<(), crate::db::Error> {
+        let client = self.inner.pool.get().await?;
+        let mut from = match *position {
+            Some(at) => at,
+            None => crate::db::events::firehose_now(&client).await?,
+        };
+        loop {
+            let (frames, done) = crate::db::events::firehose_page(
+                &client,
+                from,
+                FIREHOSE_PAGE,
+                crate::db::events::PAGE_BYTES,
+            )
+            .await?;
+            let Some(last) = frames.last() else {
+                *position = Some(done.map_or(from, |done| done.max(from)));
+                return Ok(());
+            };
+            let to = last.cursor;
+            let page = Arc::new(FirehosePage { from, to, frames });
+            // No receivers is fine: the last follower just left.
+            let _ = self.inner.firehose_pages.send(page);
+            from = to;
+            *position = Some(to);
+        }
     }
 
     async fn route_signals(self, mut signals: mpsc::UnboundedReceiver<Signal>) {
@@ -272,10 +358,13 @@ impl Hub {
             let _ = topic.sender.send(HubMessage::Frame(frame));
         }
         if full {
+            // Cut short: read on from where each job got to, including jobs of which this
+            // page held nothing at all.
             let mut pending = self.inner.pending();
-            for (job_id, _) in batch {
-                if let Some(seen) = topics.get(job_id).and_then(|t| t.last_seq) {
-                    pending.entry(*job_id).or_insert(seen + 1);
+            for (job_id, after) in batch {
+                if let Some(topic) = topics.get(job_id) {
+                    let from = topic.last_seq.unwrap_or(*after);
+                    pending.entry(*job_id).or_insert(from + 1);
                 }
             }
             self.inner.wake_fetcher.notify_one();
@@ -297,16 +386,6 @@ impl Subscription {
         match self.receiver.as_mut() {
             Some(receiver) => receiver.recv().await,
             None => Err(broadcast::error::RecvError::Closed),
-        }
-    }
-
-    /// Tells the hub how far the table has been read, so its first fetch starts there.
-    pub fn observed(&self, seq: i32) {
-        let mut topics = self.hub.topics();
-        if let Some(topic) = topics.get_mut(&self.job_id) {
-            if topic.last_seq.is_none() {
-                topic.last_seq = Some(seq);
-            }
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct Frame {
     pub notified_at: Option<std::time::Instant>,
     /// Commit-ordered position, for the firehose.
     pub cursor: Cursor,
+    /// The job's queue and kind (firehose pages only, for the followers' filters).
+    pub queue: Option<ByteString>,
+    /// See `queue`.
+    pub kind: Option<ByteString>,
 }
 
 impl Frame {
@@ -44,6 +48,8 @@ impl Frame {
                 xid: xid.parse().unwrap_or(0),
                 id: row.try_get("id")?,
             },
+            queue: None,
+            kind: None,
         })
     }
 
@@ -96,12 +102,14 @@ fn frame_columns(order: &str) -> String {
     )
 }
 
-/// Events of one job after `after_seq`, in order: at most `limit`, about [`PAGE_BYTES`].
+/// Events of one job after `after_seq`, in order: at most `limit`, about `page_bytes` (but
+/// at least one event).
 pub async fn read_job_events(
     client: &impl GenericClient,
     job_id: JobId,
     after_seq: i32,
     limit: i64,
+    page_bytes: i64,
 ) -> Result<Vec<Frame>> {
     let statement = client
         .prepare_cached(&format!(
@@ -115,7 +123,7 @@ pub async fn read_job_events(
         ))
         .await?;
     let rows = client
-        .query(&statement, &[&job_id.0, &after_seq, &limit, &PAGE_BYTES])
+        .query(&statement, &[&job_id.0, &after_seq, &limit, &page_bytes])
         .await?;
     rows.iter().map(Frame::from_row).collect()
 }
@@ -181,12 +189,78 @@ pub async fn read_firehose(
 /// The firehose position of "now": every event at or after it is yet to be read.
 pub async fn firehose_now(client: &impl GenericClient) -> Result<Cursor> {
     let statement = client
-        .prepare_cached("select pg_snapshot_xmin(pg_current_snapshot())::text")
+        .prepare_cached("select jobcast.firehose_horizon()::text")
         .await?;
     let row = client.query_one(&statement, &[]).await?;
-    let xmin: String = row.try_get(0)?;
-    Ok(Cursor {
-        xid: xmin.parse::<u64>().unwrap_or(1).saturating_sub(1),
-        id: i64::MAX,
-    })
+    let horizon: String = row.try_get(0)?;
+    Ok(Cursor::below(horizon.parse::<u64>().unwrap_or(1)))
+}
+
+/// The next transaction id this database will hand out: a cursor at or beyond it cannot
+/// come from this database's history (a dump and restore, or another database).
+pub async fn next_xid(client: &impl GenericClient) -> Result<u64> {
+    let statement = client
+        .prepare_cached("select pg_snapshot_xmax(pg_current_snapshot())::text")
+        .await?;
+    let row = client.query_one(&statement, &[]).await?;
+    let xmax: String = row.try_get(0)?;
+    Ok(xmax.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+/// One page of the whole firehose after `after` (every queue and kind; frames carry their
+/// queue and kind), about `page_bytes`. With no event left below the horizon, the page is
+/// empty and the second value is the position up to which nothing is left.
+pub async fn firehose_page(
+    client: &impl GenericClient,
+    after: Cursor,
+    limit: i32,
+    page_bytes: i64,
+) -> Result<(Vec<Frame>, Option<Cursor>)> {
+    let statement = client
+        .prepare_cached(&format!(
+            "select * from (
+                select {}, e.data->>'queue' as queue, e.data->>'kind' as kind
+                  from jobcast.firehose_page($1::text::xid8, $2, $3) e
+                  cross join lateral (select e.data::text as text) d
+             ) page where bytes_before < $4 or job_id is null order by xid::xid8, id",
+            frame_columns("e.xid, e.id")
+        ))
+        .await?;
+    let xid = after.xid.to_string();
+    let rows = client
+        .query(&statement, &[&xid, &after.id, &limit, &page_bytes])
+        .await?;
+    let mut frames = Vec::with_capacity(rows.len());
+    let mut horizon = None;
+    for row in &rows {
+        if row.try_get::<_, Option<i64>>("job_id")?.is_none() {
+            let xid: String = row.try_get("xid")?;
+            horizon = xid.parse::<u64>().ok();
+            continue;
+        }
+        let mut frame = Frame::from_row(row)?;
+        frame.queue = row
+            .try_get::<_, Option<String>>("queue")?
+            .map(ByteString::from);
+        frame.kind = row
+            .try_get::<_, Option<String>>("kind")?
+            .map(ByteString::from);
+        frames.push(frame);
+    }
+    let done = if frames.is_empty() {
+        horizon.map(Cursor::below)
+    } else {
+        None
+    };
+    Ok((frames, done))
+}
+
+impl Cursor {
+    /// The position after every event of transactions below `xid`.
+    pub fn below(xid: u64) -> Cursor {
+        Cursor {
+            xid: xid.saturating_sub(1),
+            id: i64::MAX,
+        }
+    }
 }

@@ -1,5 +1,4 @@
 //! Job transitions: one function per `jobcast.<verb>_<noun>` in `sql/jobcast.sql`.
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{GenericClient, Result};
@@ -137,22 +136,17 @@ pub async fn claim_jobs(
         .collect::<std::result::Result<_, _>>()?)
 }
 
-/// The earliest future `run_at` of a queued job in `queues`, to sleep until it.
-pub async fn next_run_at(
+/// `jobcast.next_due_in`: seconds until the earliest queued job of `queues` (and `kinds`)
+/// is due by the database's clock (0: one is due now), or `None` when none is queued.
+pub async fn next_due_in(
     client: &impl GenericClient,
     queues: &[String],
-) -> Result<Option<DateTime<Utc>>> {
+    kinds: Option<&[String]>,
+) -> Result<Option<f64>> {
     let statement = client
-        .prepare_cached(
-            "select min(j.run_at) from unnest($1::text[]) as q(name)
-               cross join lateral (
-                   select run_at from jobcast.jobs
-                    where queue = q.name and status = 'queued' and run_at > now()
-                    order by run_at limit 1
-               ) j",
-        )
+        .prepare_cached("select jobcast.next_due_in($1, $2)")
         .await?;
-    let row = client.query_one(&statement, &[&queues]).await?;
+    let row = client.query_one(&statement, &[&queues, &kinds]).await?;
     Ok(row.try_get(0)?)
 }
 
@@ -222,6 +216,34 @@ pub async fn fail_job(
         )
         .await?;
     Ok(row.is_some())
+}
+
+/// `jobcast.fail_jobs`: ids of the failures recorded in one statement (others were
+/// fenced out).
+pub async fn fail_jobs(
+    client: &impl GenericClient,
+    worker: &str,
+    failures: &[&Failure],
+) -> Result<Vec<i64>> {
+    let statement = client
+        .prepare_cached("select job_id from jobcast.fail_jobs($1, $2)")
+        .await?;
+    let input: Vec<serde_json::Value> = failures
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "job_id": f.job_id.0, "attempt": f.attempt, "error": f.error,
+                "retryable": f.retryable, "retry_delay_ms": f.retry_delay_ms,
+            })
+        })
+        .collect();
+    let rows = client
+        .query(&statement, &[&worker, &serde_json::Value::Array(input)])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 /// `jobcast.heartbeat_jobs`: ids still held by `worker` after extending their leases.

@@ -70,7 +70,7 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
 
     let rows = client
         .query(
-            "select name, value from jobcast.counters order by name",
+            "select name, sum(value)::bigint from jobcast.counters group by name order by name",
             &[],
         )
         .await

@@ -4,37 +4,49 @@
 //! is the truth; the hub only saves each stream a query per event.
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use actix_web_lab::sse::{self, Sse};
+use bytestring::ByteString;
 use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::jobs::parse_job_id;
 use super::problem::ApiError;
 use super::WebState;
 use crate::db;
 use crate::db::events::{self, Cursor, Frame};
-use crate::hub::{HubMessage, Subscription};
+use crate::hub::{FirehosePage, HubMessage, Subscription};
 use crate::job::JobId;
 use crate::metrics::{StreamGauge, METRICS};
 
 /// Tells EventSource how soon to reconnect after a dropped connection.
 const RETRY: Duration = Duration::from_millis(1000);
-/// Most events read from the table per query (and at most about 1 MiB of them).
-const PAGE: i64 = 500;
-/// The firehose re-reads at least this often: an event becomes readable once every older
-/// transaction has ended, which no notification announces.
-const FIREHOSE_POLL: Duration = Duration::from_millis(250);
+/// Most events read from the table per query by one stream.
+const PAGE: i64 = 200;
+/// About how many bytes of events one stream reads (and holds) at a time: a client that
+/// stops reading costs tens of KB of user space, not a page of 1 MiB.
+const STREAM_PAGE_BYTES: i64 = 64 * 1024;
+/// A follower that heard nothing from the hub for this long re-reads the table: a
+/// notification lost in any way delays an event by at most this much, never forever.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
-fn resume_point(req: &HttpRequest, query: &HashMap<String, String>) -> Option<String> {
-    req.headers()
-        .get("Last-Event-ID")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+fn resume_point(
+    req: &HttpRequest,
+    query: &HashMap<String, String>,
+) -> Result<Option<String>, ApiError> {
+    let header =
+        match req.headers().get("Last-Event-ID") {
+            Some(value) => Some(value.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::BadRequest("Last-Event-ID is not visible ASCII text".into())
+            })?),
+            None => None,
+        };
+    Ok(header
         .or_else(|| query.get("last_event_id").cloned())
-        .filter(|s| !s.trim().is_empty())
+        .filter(|s| !s.trim().is_empty()))
 }
 
 fn respond<S>(req: &HttpRequest, stream: S, state: &WebState) -> HttpResponse
@@ -73,7 +85,7 @@ pub async fn job_events(
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    let resume = match resume_point(&req, &query) {
+    let resume = match resume_point(&req, &query)? {
         None => 0,
         Some(raw) => raw
             .trim()
@@ -96,12 +108,18 @@ pub async fn job_events(
         // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
         return Ok(HttpResponse::NoContent().finish());
     }
+    if resume > job.last_event_id {
+        // An id this job never had: waiting for it could outlast the job.
+        return Err(ApiError::BadRequest(format!(
+            "Last-Event-ID: {resume} is beyond this job's latest event ({})",
+            job.last_event_id
+        )));
+    }
     let follower = JobFollower {
         job_id: id,
         last_seq: resume,
         backlog: VecDeque::new(),
         read_table: true,
-        first_read: true,
         done: false,
         subscription: state.hub.subscribe(id.0),
         state: state.clone(),
@@ -120,7 +138,6 @@ struct JobFollower {
     last_seq: i32,
     backlog: VecDeque<Frame>,
     read_table: bool,
-    first_read: bool,
     done: bool,
     subscription: Subscription,
     state: web::Data<WebState>,
@@ -148,6 +165,7 @@ impl JobFollower {
             }
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(IDLE_RECHECK) => self.read_table = true,
                 message = self.subscription.recv() => match message {
                     Ok(HubMessage::Frame(frame)) if frame.seq <= self.last_seq => {}
                     Ok(HubMessage::Frame(frame)) if frame.seq == self.last_seq + 1 => {
@@ -163,16 +181,13 @@ impl JobFollower {
 
     async fn read_from_table(&mut self) -> Result<(), db::Error> {
         let client = self.state.pool.get().await?;
-        let frames = events::read_job_events(&client, self.job_id, self.last_seq, PAGE).await?;
+        let frames =
+            events::read_job_events(&client, self.job_id, self.last_seq, PAGE, STREAM_PAGE_BYTES)
+                .await?;
         // A short page may only mean the byte budget was reached: read on while it returns
-        // anything, until a read comes back empty.
+        // anything, until a read comes back empty. (The next page is read only once this
+        // one has been written out.)
         self.read_table = !frames.is_empty();
-        if self.first_read {
-            self.first_read = false;
-            if let Some(last) = frames.last() {
-                self.subscription.observed(last.seq);
-            }
-        }
         self.backlog.extend(frames);
         Ok(())
     }
@@ -189,13 +204,26 @@ pub async fn all_events(
             return Err(ApiError::invalid(name.as_str(), "unknown query parameter"));
         }
     }
-    let cursor = match resume_point(&req, &query) {
-        Some(raw) => raw.trim().parse::<Cursor>().map_err(|_| {
-            ApiError::BadRequest(format!("Last-Event-ID: {raw:?} is not a firehose cursor"))
-        })?,
-        None => {
-            let client = state.pool.get().await?;
-            events::firehose_now(&client).await?
+    // Subscribed before the first table read, so nothing falls in between.
+    let pages = state.hub.firehose_pages();
+    let cursor = {
+        let client = state.pool.get().await?;
+        match resume_point(&req, &query)? {
+            Some(raw) => {
+                let cursor = raw.trim().parse::<Cursor>().map_err(|_| {
+                    ApiError::BadRequest(format!("Last-Event-ID: {raw:?} is not a firehose cursor"))
+                })?;
+                if cursor.xid >= events::next_xid(&client).await? {
+                    // From before a dump and restore, or from another database: resuming
+                    // would silently skip everything until the xids catch up.
+                    return Err(ApiError::BadRequest(format!(
+                        "Last-Event-ID: {raw:?} is not a position of this database's firehose \
+                         (restored or replaced since?); reconnect without it to start from now"
+                    )));
+                }
+                cursor
+            }
+            None => events::firehose_now(&client).await?,
         }
     };
     let follower = FirehoseFollower {
@@ -204,7 +232,7 @@ pub async fn all_events(
         kind: query.get("kind").cloned(),
         backlog: VecDeque::new(),
         read_table: true,
-        changes: state.hub.firehose_changes(),
+        pages,
         state: state.clone(),
         _gauge: StreamGauge::open(),
     };
@@ -215,18 +243,30 @@ pub async fn all_events(
     Ok(respond(&req, stream, &state))
 }
 
+/// One firehose client: reads the table itself until it has caught up, then takes the
+/// pages of the process's one reader (see [`crate::hub::Hub::firehose_pages`]), and goes back
+/// to the table whenever it fell behind them.
 struct FirehoseFollower {
+    /// Everything up to here has been written to the client (or filtered out).
     cursor: Cursor,
     queue: Option<String>,
     kind: Option<String>,
     backlog: VecDeque<Frame>,
     read_table: bool,
-    changes: tokio::sync::watch::Receiver<u64>,
+    pages: broadcast::Receiver<Arc<FirehosePage>>,
     state: web::Data<WebState>,
     _gauge: StreamGauge,
 }
 
 impl FirehoseFollower {
+    fn matches(&self, frame: &Frame) -> bool {
+        let passes = |filter: &Option<String>, value: &Option<ByteString>| match filter {
+            None => true,
+            Some(wanted) => value.as_deref() == Some(wanted.as_str()),
+        };
+        passes(&self.queue, &frame.queue) && passes(&self.kind, &frame.kind)
+    }
+
     async fn next(&mut self) -> Option<sse::Event> {
         loop {
             if let Some(frame) = self.backlog.pop_front() {
@@ -234,35 +274,47 @@ impl FirehoseFollower {
             }
             if self.read_table {
                 db::deadline(self.read_from_table()).await.ok()?;
-                if !self.backlog.is_empty() || self.read_table {
-                    continue;
-                }
+                continue;
             }
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return None,
-                _ = self.changes.changed() => {}
-                _ = tokio::time::sleep(FIREHOSE_POLL) => {}
+                page = self.pages.recv() => match page {
+                    Ok(page) if page.to <= self.cursor => {}
+                    Ok(page) if page.from <= self.cursor => {
+                        for frame in &page.frames {
+                            if frame.cursor > self.cursor && self.matches(frame) {
+                                self.backlog.push_back(frame.clone());
+                            }
+                        }
+                        self.cursor = page.to;
+                    }
+                    // Behind the reader (it started after us, or we lagged): the table.
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.read_table = true,
+                    Err(RecvError::Closed) => return None,
+                },
             }
-            self.read_table = true;
         }
     }
 
     async fn read_from_table(&mut self) -> Result<(), db::Error> {
         let client = self.state.pool.get().await?;
-        let rows = events::read_firehose(
-            &client,
-            self.cursor,
-            self.queue.as_deref(),
-            self.kind.as_deref(),
-            PAGE as i32,
-        )
-        .await?;
-        // A page cut by its byte budget is shorter than PAGE: read on until one is empty.
-        self.read_table = !rows.is_empty();
-        for (frame, matches) in rows {
-            self.cursor = frame.cursor;
-            if matches {
-                self.backlog.push_back(frame);
+        let (frames, done) =
+            events::firehose_page(&client, self.cursor, PAGE as i32, STREAM_PAGE_BYTES).await?;
+        match frames.last() {
+            None => {
+                // Caught up: nothing is left below the horizon, now or ever.
+                if let Some(done) = done {
+                    self.cursor = self.cursor.max(done);
+                }
+                self.read_table = false;
+            }
+            Some(last) => {
+                self.cursor = last.cursor;
+                for frame in frames {
+                    if self.matches(&frame) {
+                        self.backlog.push_back(frame);
+                    }
+                }
             }
         }
         Ok(())

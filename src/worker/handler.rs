@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::writer::Writer;
+use super::writer::{WriteOutcome, Writer};
 use crate::job::{is_custom_event_type, JobId};
 
 /// How a handler's attempt failed.
@@ -145,7 +145,8 @@ impl JobContext {
     }
 
     /// Reports progress (a percentage 0-100) and a message. Returns once the event is
-    /// committed; `Err(Cancelled)` when the job was cancelled or this attempt lost its lease.
+    /// committed; `Err(Cancelled)` when the job was cancelled or this attempt lost its lease,
+    /// `Err(Fatal)` when PostgreSQL refused to store the event (e.g. a `\u0000` in text).
     pub async fn progress(
         &self,
         percent: f64,
@@ -199,11 +200,16 @@ impl JobContext {
         if self.cancel.is_cancelled() {
             return Err(HandlerError::Cancelled);
         }
-        if self.writer.event(self.job_id, self.attempt, event).await {
-            Ok(())
-        } else {
-            self.cancel.cancel();
-            Err(HandlerError::Cancelled)
+        match self.writer.event(self.job_id, self.attempt, event).await {
+            WriteOutcome::Accepted => Ok(()),
+            WriteOutcome::Refused => {
+                self.cancel.cancel();
+                Err(HandlerError::Cancelled)
+            }
+            // Not a cancel: the handler should fail with the reason (`?` does that).
+            WriteOutcome::Failed(reason) => Err(HandlerError::fatal(format!(
+                "the event could not be recorded: {reason}"
+            ))),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! may run against one database.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ mod maintenance;
 pub mod writer;
 
 pub use handler::{Handler, HandlerError, JobContext, Registry};
-use writer::Writer;
+use writer::{WriteOutcome, Writer};
 
 /// Channel on which enqueues wake workers (payload: the queue).
 pub const JOBS_CHANNEL: &str = "jobcast_jobs";
@@ -43,10 +43,9 @@ const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
 /// Longest retry backoff (API.md).
 const MAX_BACKOFF_MS: f64 = 600_000.0;
 
-struct Running {
-    attempt: i32,
-    cancel: CancellationToken,
-}
+/// How long a cancel notification for a job this worker is not (yet) running is kept: a
+/// job claimed while its cancel was in flight is told as soon as it is registered.
+const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(60);
 
 /// Shared state of one worker process.
 struct State {
@@ -55,22 +54,47 @@ struct State {
     registry: Registry,
     worker_id: String,
     writer: Writer,
-    running: Mutex<HashMap<i64, Running>>,
+    /// Running attempts by (job id, attempt): after a lost lease the same job can be claimed
+    /// again (next attempt) while the old attempt is still stopping.
+    running: Mutex<HashMap<(i64, i32), CancellationToken>>,
+    /// Cancel notifications for jobs not running here, with when they arrived.
+    early_cancels: Mutex<HashMap<i64, Instant>>,
     /// Cancelled when the grace period is over: running handlers are stopped and released.
     hard_stop: CancellationToken,
 }
 
 impl State {
-    fn running(&self) -> MutexGuard<'_, HashMap<i64, Running>> {
+    fn running(&self) -> MutexGuard<'_, HashMap<(i64, i32), CancellationToken>> {
         // Entries are inserted and removed whole; a poisoned map is still consistent.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn early_cancels(&self) -> MutexGuard<'_, HashMap<i64, Instant>> {
+        self.early_cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn held(&self) -> Vec<(i64, i32)> {
-        self.running()
-            .iter()
-            .map(|(id, r)| (*id, r.attempt))
-            .collect()
+        self.running().keys().copied().collect()
+    }
+
+    /// Tells every attempt of `job_id` running here to stop; remembers the cancel when none
+    /// is (yet) registered.
+    fn cancel_job(&self, job_id: i64) {
+        let running = self.running();
+        let mut told = false;
+        for ((id, attempt), cancel) in running.iter() {
+            if *id == job_id {
+                tracing::info!(job_id, attempt, "cancel requested");
+                cancel.cancel();
+                told = true;
+            }
+        }
+        drop(running);
+        if !told {
+            let mut early = self.early_cancels();
+            early.retain(|_, at| at.elapsed() < EARLY_CANCEL_KEPT);
+            early.insert(job_id, Instant::now());
+        }
     }
 }
 
@@ -111,6 +135,7 @@ pub async fn run(
         worker_id,
         writer,
         running: Mutex::new(HashMap::new()),
+        early_cancels: Mutex::new(HashMap::new()),
         hard_stop: CancellationToken::new(),
     });
     tracing::info!(worker_id = %state.worker_id, queues = ?state.args.queues,
@@ -221,6 +246,7 @@ async fn claim_loop(
             permits.push(Permits { slot, in_flight });
         }
         let wanted = permits.len();
+        let claim_started = Instant::now();
         let claimed = match claim(state, &kinds, wanted).await {
             Ok(claimed) => {
                 backoff = Duration::from_millis(100);
@@ -241,13 +267,13 @@ async fn claim_loop(
         for job in claimed {
             // claim_jobs returns at most `wanted` jobs, one per permit.
             if let Some(permit) = permits.pop() {
-                start_job(state, job, permit, jobs);
+                start_job(state, job, permit, claim_started, jobs);
             }
         }
         drop(permits);
         while jobs.try_join_next().is_some() {}
         if got < wanted {
-            let wait = idle_wait(state).await;
+            let wait = idle_wait(state, &kinds).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wake.notified() => {}
@@ -273,30 +299,41 @@ async fn claim(state: &State, kinds: &[String], wanted: usize) -> db::Result<Vec
     .await
 }
 
-/// How long to sleep when the queue is empty: until the next delayed job is due, at most
-/// one poll interval (the fallback for a missed notification).
-async fn idle_wait(state: &State) -> Duration {
+/// How long to sleep when the queue is empty: until the next queued job is due by the
+/// database's clock, at most one poll interval (the fallback for a missed notification),
+/// at least a short floor (a due job another worker holds must not make this one spin).
+async fn idle_wait(state: &State, kinds: &[String]) -> Duration {
+    const FLOOR: Duration = Duration::from_millis(20);
     let Ok(client) = state.pool.get().await else {
         return POLL_EVERY;
     };
-    match db::jobs::next_run_at(&client, &state.args.queues).await {
-        Ok(Some(at)) => (at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default()
-            .min(POLL_EVERY),
+    match db::jobs::next_due_in(&client, &state.args.queues, Some(kinds)).await {
+        Ok(Some(secs)) if secs.is_finite() => {
+            Duration::from_secs_f64(secs.max(0.0)).clamp(FLOOR, POLL_EVERY)
+        }
         _ => POLL_EVERY,
     }
 }
 
-fn start_job(state: &Arc<State>, job: Job, permits: Permits, jobs: &mut JoinSet<()>) {
+fn start_job(
+    state: &Arc<State>,
+    job: Job,
+    permits: Permits,
+    claim_started: Instant,
+    jobs: &mut JoinSet<()>,
+) {
     let cancel = CancellationToken::new();
-    state.running().insert(
-        job.job_id.0,
-        Running {
-            attempt: job.attempt,
-            cancel: cancel.clone(),
-        },
-    );
+    let key = (job.job_id.0, job.attempt);
+    state.running().insert(key, cancel.clone());
+    // A cancel that arrived while the claim was in flight found no entry: apply it now.
+    let cancelled_early = state
+        .early_cancels()
+        .remove(&job.job_id.0)
+        .is_some_and(|at| at >= claim_started);
+    if cancelled_early {
+        tracing::info!(job_id = %job.job_id, "cancel requested while claiming");
+        cancel.cancel();
+    }
     let state = state.clone();
     let span = tracing::info_span!("job", job_id = %job.job_id, attempt = job.attempt,
         kind = %job.kind, queue = %job.queue, worker_id = %state.worker_id);
@@ -306,7 +343,7 @@ fn start_job(state: &Arc<State>, job: Job, permits: Permits, jobs: &mut JoinSet<
             let outcome = run_attempt(&state, &job, cancel.clone()).await;
             drop(slot);
             finish(&state, &job, &cancel, outcome).await;
-            state.running().remove(&job.job_id.0);
+            state.running().remove(&key);
             drop(in_flight);
         }
         .instrument(span),
@@ -373,19 +410,23 @@ async fn finish(state: &State, job: &Job, cancel: &CancellationToken, outcome: O
         retryable,
         retry_delay_ms: retry_delay_ms(state.args.retry_base_ms, attempt),
     };
-    let recorded = match outcome {
-        Outcome::Done(Ok(result)) => state.writer.complete(id, attempt, result).await,
+    let outcome = match outcome {
+        Outcome::Done(Ok(result)) => match state.writer.complete(id, attempt, result).await {
+            // PostgreSQL refused the result (e.g. a \u0000 in a string): the job fails,
+            // and says why, instead of running again until its attempts run out.
+            WriteOutcome::Failed(reason) => {
+                let message = format!("the result could not be stored: {reason}");
+                let error = json!({"message": message, "fatal": true});
+                record_failure(state, failure(error, false)).await
+            }
+            other => other,
+        },
         Outcome::Done(Err(HandlerError::Retryable(message))) => {
-            state
-                .writer
-                .fail(failure(json!({"message": message}), true))
-                .await
+            record_failure(state, failure(json!({"message": message}), true)).await
         }
         Outcome::Done(Err(HandlerError::Fatal(message))) => {
-            state
-                .writer
-                .fail(failure(json!({"message": message, "fatal": true}), false))
-                .await
+            let error = json!({"message": message, "fatal": true});
+            record_failure(state, failure(error, false)).await
         }
         Outcome::Done(Err(HandlerError::Cancelled)) if cancel.is_cancelled() => {
             // Cancelled in the database (or the lease was lost): nothing left to record.
@@ -393,16 +434,52 @@ async fn finish(state: &State, job: &Job, cancel: &CancellationToken, outcome: O
         }
         Outcome::Done(Err(HandlerError::Cancelled)) => {
             let error = json!({"message": "the handler gave up (returned Cancelled)"});
-            state.writer.fail(failure(error, false)).await
+            record_failure(state, failure(error, false)).await
         }
         Outcome::TimedOut(secs) => {
             let error = json!({"message": format!("timed out after {secs} s"), "timeout": true});
-            state.writer.fail(failure(error, true)).await
+            record_failure(state, failure(error, true)).await
         }
         Outcome::Stopped => state.writer.release(id, attempt).await,
     };
-    if !recorded {
-        tracing::info!(job_id = %id, attempt, "outcome refused: the job was cancelled or its lease taken");
+    match outcome {
+        WriteOutcome::Accepted => {}
+        WriteOutcome::Refused => {
+            tracing::info!(job_id = %id, attempt, "outcome refused: the job was cancelled or its lease taken");
+        }
+        WriteOutcome::Failed(reason) => {
+            tracing::error!(job_id = %id, attempt, %reason, "the outcome could not be recorded; the lease will run out and the job be retried");
+        }
+    }
+}
+
+/// Records a failure; when PostgreSQL refuses its error object (text it cannot store), a
+/// plain one that says so instead.
+async fn record_failure(state: &State, mut failure: Failure) -> WriteOutcome {
+    failure.error = strip_nul(failure.error);
+    match state.writer.fail(failure.clone()).await {
+        WriteOutcome::Failed(reason) => {
+            failure.error = json!({
+                "message": format!("the error could not be stored: {reason}"),
+                "fatal": !failure.retryable,
+            });
+            state.writer.fail(failure).await
+        }
+        other => other,
+    }
+}
+
+/// PostgreSQL's text and jsonb cannot hold U+0000: error messages lose it (U+FFFD instead).
+fn strip_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), strip_nul(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -424,10 +501,7 @@ async fn route_signals(
         match signal {
             Signal::Notification { channel, payload } if channel == CANCEL_CHANNEL => {
                 if let Ok(id) = payload.parse::<JobId>() {
-                    if let Some(running) = state.running().get(&id.0) {
-                        tracing::info!(job_id = %id, "cancel requested");
-                        running.cancel.cancel();
-                    }
+                    state.cancel_job(id.0);
                 }
             }
             Signal::Notification { .. } | Signal::Connected { .. } => wake.notify_one(),
@@ -463,11 +537,18 @@ async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
         match still_held {
             Ok(ids) => {
                 let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
+                // The database holds at most one attempt of a job, the latest: an older
+                // attempt of a job claimed again is not held, whatever the answer says.
+                let mut latest: HashMap<i64, i32> = HashMap::new();
+                for (id, attempt) in &held {
+                    let entry = latest.entry(*id).or_insert(*attempt);
+                    *entry = (*entry).max(*attempt);
+                }
                 let running = state.running();
-                for (id, attempt) in held {
-                    if !ids.contains(&id) {
-                        if let Some(r) = running.get(&id).filter(|r| r.attempt == attempt) {
-                            r.cancel.cancel();
+                for key in held {
+                    if !ids.contains(&key.0) || latest.get(&key.0) != Some(&key.1) {
+                        if let Some(cancel) = running.get(&key) {
+                            cancel.cancel();
                         }
                     }
                 }

@@ -17,28 +17,49 @@ use crate::job::JobId;
 /// Most ops written in one transaction.
 const MAX_BATCH: usize = 1_000;
 
-enum Op {
+/// One write of a running attempt.
+#[allow(missing_docs)]
+pub enum Op {
+    /// A progress or custom event (`{"type", "progress"?, "message"?, "data"?}`).
     Event {
         job_id: JobId,
         attempt: i32,
         event: Value,
     },
+    /// The attempt succeeded.
     Complete {
         job_id: JobId,
         attempt: i32,
         result: Value,
     },
+    /// The attempt failed.
     Fail(Failure),
-    Release {
-        job_id: JobId,
-        attempt: i32,
-    },
+    /// The attempt is handed back uncounted.
+    Release { job_id: JobId, attempt: i32 },
+}
+
+/// What became of one op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed.
+    Accepted,
+    /// Refused: the attempt no longer holds the job (cancelled, or its lease taken). Stop.
+    Refused,
+    /// PostgreSQL refused to store it (e.g. a `\u0000` in text, an oversized value), or the
+    /// worker is stopping and the database stayed unreachable: nothing was recorded.
+    Failed(String),
+}
+
+impl WriteOutcome {
+    /// Whether the op was committed.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, WriteOutcome::Accepted)
+    }
 }
 
 struct Queued {
     op: Op,
-    /// Told whether the op was accepted (false: the attempt no longer holds the job).
-    reply: oneshot::Sender<bool>,
+    reply: oneshot::Sender<WriteOutcome>,
 }
 
 /// A handle to the writer task.
@@ -61,16 +82,18 @@ impl Writer {
         (Writer { sender }, task)
     }
 
-    async fn submit(&self, op: Op) -> bool {
-        let (reply, accepted) = oneshot::channel();
+    async fn submit(&self, op: Op) -> WriteOutcome {
+        let (reply, outcome) = oneshot::channel();
         if self.sender.send(Queued { op, reply }).is_err() {
-            return false;
+            return WriteOutcome::Failed("the worker is stopping".into());
         }
-        accepted.await.unwrap_or(false)
+        outcome
+            .await
+            .unwrap_or_else(|_| WriteOutcome::Failed("the worker is stopping".into()))
     }
 
     /// Records a progress or custom event of a running attempt.
-    pub async fn event(&self, job_id: JobId, attempt: i32, event: Value) -> bool {
+    pub async fn event(&self, job_id: JobId, attempt: i32, event: Value) -> WriteOutcome {
         self.submit(Op::Event {
             job_id,
             attempt,
@@ -80,7 +103,7 @@ impl Writer {
     }
 
     /// Marks an attempt succeeded.
-    pub async fn complete(&self, job_id: JobId, attempt: i32, result: Value) -> bool {
+    pub async fn complete(&self, job_id: JobId, attempt: i32, result: Value) -> WriteOutcome {
         self.submit(Op::Complete {
             job_id,
             attempt,
@@ -90,12 +113,12 @@ impl Writer {
     }
 
     /// Records a failed attempt (retrying or final).
-    pub async fn fail(&self, failure: Failure) -> bool {
+    pub async fn fail(&self, failure: Failure) -> WriteOutcome {
         self.submit(Op::Fail(failure)).await
     }
 
     /// Hands an attempt back without counting it.
-    pub async fn release(&self, job_id: JobId, attempt: i32) -> bool {
+    pub async fn release(&self, job_id: JobId, attempt: i32) -> WriteOutcome {
         self.submit(Op::Release { job_id, attempt }).await
     }
 }
@@ -108,6 +131,7 @@ async fn run(
     give_up: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batches: u64 = 0;
     loop {
         let first = tokio::select! {
             first = receiver.recv() => first,
@@ -121,24 +145,34 @@ async fn run(
                 Err(_) => break,
             }
         }
-        write_until_done(&pool, &worker_id, &mut batch, &give_up).await;
+        batches += 1;
+        let id = format!("{worker_id}/{batches}");
+        write_until_done(&pool, &worker_id, &id, &mut batch, &give_up).await;
     }
 }
 
 /// Writes the batch, retrying while the database is unreachable: an op a handler was told
-/// nothing about yet must not be lost.
+/// nothing about yet must not be lost. A retry after a connection error may follow a COMMIT
+/// that did go through: the batch id makes the retry find that out instead of writing
+/// the events twice.
 async fn write_until_done(
     pool: &Pool,
     worker_id: &str,
+    batch_id: &str,
     batch: &mut Vec<Queued>,
     give_up: &CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match db::deadline(write_batch(pool, worker_id, batch)).await {
+        match db::deadline(write_batch(pool, worker_id, batch_id, batch)).await {
             Ok(accepted) => {
                 for (queued, ok) in batch.drain(..).zip(accepted) {
-                    let _ = queued.reply.send(ok);
+                    let outcome = if ok {
+                        WriteOutcome::Accepted
+                    } else {
+                        WriteOutcome::Refused
+                    };
+                    let _ = queued.reply.send(outcome);
                 }
                 return;
             }
@@ -146,17 +180,20 @@ async fn write_until_done(
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot write job updates; retrying");
             }
             Err(e) => {
-                // One bad op must not sink the others: write them one by one.
-                tracing::error!(error = %e, ops = batch.len(), "batch write failed; writing ops one by one");
                 if batch.len() > 1 {
+                    // One bad op must not sink the others: write them one by one.
+                    tracing::warn!(error = %e, ops = batch.len(), "batch write failed; writing ops one by one");
                     let ops: Vec<Queued> = std::mem::take(batch);
-                    for queued in ops {
+                    for (n, queued) in ops.into_iter().enumerate() {
                         let mut single = vec![queued];
-                        Box::pin(write_until_done(pool, worker_id, &mut single, give_up)).await;
+                        let id = format!("{batch_id}.{n}");
+                        Box::pin(write_until_done(pool, worker_id, &id, &mut single, give_up))
+                            .await;
                     }
                 } else {
+                    tracing::warn!(error = %e, "PostgreSQL refused a job update");
                     for queued in batch.drain(..) {
-                        let _ = queued.reply.send(false);
+                        let _ = queued.reply.send(WriteOutcome::Failed(describe(&e)));
                     }
                 }
                 return;
@@ -165,7 +202,9 @@ async fn write_until_done(
         tokio::select! {
             _ = give_up.cancelled() => {
                 for queued in batch.drain(..) {
-                    let _ = queued.reply.send(false);
+                    let _ = queued.reply.send(WriteOutcome::Failed(
+                        "the database stayed unreachable while the worker stopped".into(),
+                    ));
                 }
                 return;
             }
@@ -175,20 +214,56 @@ async fn write_until_done(
     }
 }
 
-/// One transaction: events, then completions, failures and releases. Returns, per op,
-/// whether it was accepted.
-async fn write_batch(pool: &Pool, worker_id: &str, batch: &[Queued]) -> db::Result<Vec<bool>> {
+async fn write_batch(
+    pool: &Pool,
+    worker_id: &str,
+    batch_id: &str,
+    batch: &[Queued],
+) -> db::Result<Vec<bool>> {
+    let ops: Vec<&Op> = batch.iter().map(|q| &q.op).collect();
+    write_ops(pool, worker_id, batch_id, &ops).await
+}
+
+/// One transaction: the batch's id first (a retry of a batch that committed stops there and
+/// returns what was recorded), then events, completions, failures and releases. Returns,
+/// per op, whether it was accepted. Public for the SQL protocol's tests.
+pub async fn write_ops(
+    pool: &Pool,
+    worker_id: &str,
+    batch_id: &str,
+    batch: &[&Op],
+) -> db::Result<Vec<bool>> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
+    // Taken first: a retry whose earlier try is still committing waits here, then finds it.
+    let claim = transaction
+        .prepare_cached(
+            "insert into jobcast.worker_writes (id) values ($1) on conflict (id) do nothing",
+        )
+        .await?;
+    if transaction.execute(&claim, &[&batch_id]).await? == 0 {
+        let row = transaction
+            .query_one(
+                "select accepted from jobcast.worker_writes where id = $1",
+                &[&batch_id],
+            )
+            .await?;
+        let accepted: Option<Vec<bool>> = row.try_get(0)?;
+        transaction.rollback().await?;
+        tracing::info!(batch_id, "a retried write had already committed");
+        return Ok(accepted.unwrap_or_else(|| vec![false; batch.len()]));
+    }
     let mut accepted = vec![false; batch.len()];
 
     let mut event_positions = Vec::new();
     let mut events = Vec::new();
     let mut completion_positions = Vec::new();
     let mut completions = Vec::new();
+    let mut failure_positions = Vec::new();
+    let mut failures = Vec::new();
     let mut releases = Vec::new();
-    for (position, queued) in batch.iter().enumerate() {
-        match &queued.op {
+    for (position, op) in batch.iter().enumerate() {
+        match op {
             Op::Event {
                 job_id,
                 attempt,
@@ -210,7 +285,10 @@ async fn write_batch(pool: &Pool, worker_id: &str, batch: &[Queued]) -> db::Resu
                 completion_positions.push((position, job_id.0));
                 completions.push(json!({"job_id": job_id.0, "attempt": attempt, "result": result}));
             }
-            Op::Fail(_) => {}
+            Op::Fail(failure) => {
+                failure_positions.push((position, failure.job_id.0));
+                failures.push(failure);
+            }
             Op::Release { job_id, attempt } => releases.push((position, job_id.0, *attempt)),
         }
     }
@@ -236,9 +314,13 @@ async fn write_batch(pool: &Pool, worker_id: &str, batch: &[Queued]) -> db::Resu
             accepted[position] = done.contains(&job_id);
         }
     }
-    for (position, queued) in batch.iter().enumerate() {
-        if let Op::Fail(failure) = &queued.op {
-            accepted[position] = db::jobs::fail_job(&transaction, worker_id, failure).await?;
+    if !failures.is_empty() {
+        let failed: HashSet<i64> = db::jobs::fail_jobs(&transaction, worker_id, &failures)
+            .await?
+            .into_iter()
+            .collect();
+        for (position, job_id) in failure_positions {
+            accepted[position] = failed.contains(&job_id);
         }
     }
     if !releases.is_empty() {
@@ -254,6 +336,27 @@ async fn write_batch(pool: &Pool, worker_id: &str, batch: &[Queued]) -> db::Resu
             accepted[position] = released.contains(&job_id);
         }
     }
+    let record = transaction
+        .prepare_cached("update jobcast.worker_writes set accepted = $2 where id = $1")
+        .await?;
+    transaction
+        .execute(&record, &[&batch_id, &accepted])
+        .await?;
     transaction.commit().await?;
     Ok(accepted)
+}
+
+/// PostgreSQL's own message, detail and SQLSTATE when there is one.
+fn describe(error: &db::Error) -> String {
+    if let db::Error::Postgres(e) = error {
+        if let Some(db) = e.as_db_error() {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            return text;
+        }
+    }
+    error.to_string()
 }
