@@ -11,6 +11,7 @@ mod firehose;
 mod idempotency;
 mod operations;
 mod postgres_restart;
+mod races;
 mod retries;
 mod shutdown;
 mod slow_clients;
