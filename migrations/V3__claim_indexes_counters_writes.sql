@@ -21,3 +21,17 @@ create table jobcast.worker_writes (
     accepted  boolean[],
     at        timestamptz not null default now()
 );
+
+-- Finished jobs by queue and status, kept as the jobs finish and are pruned, so that
+-- /metrics never counts the retained history row by row (sharded like the counters).
+create table jobcast.finished_counts (
+    queue   text not null,
+    status  jobcast.job_status not null,
+    shard   smallint not null,
+    value   bigint not null default 0,
+    primary key (queue, status, shard)
+);
+insert into jobcast.finished_counts (queue, status, shard, value)
+select queue, status, 0, count(*) from jobcast.jobs
+ where status in ('succeeded', 'failed', 'cancelled')
+ group by queue, status;

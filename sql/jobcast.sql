@@ -64,6 +64,17 @@ language sql as $$
     on conflict (name, shard) do update set value = jobcast.counters.value + excluded.value
 $$;
 
+-- Counts jobs that reached (or, pruned or retried, left) a terminal status, per queue.
+create or replace function jobcast.count_finished(
+    p_queue text, p_status jobcast.job_status, p_delta bigint
+) returns void
+language sql as $$
+    insert into jobcast.finished_counts (queue, status, shard, value)
+    values (p_queue, p_status, (pg_backend_pid() % 16)::smallint, p_delta)
+    on conflict (queue, status, shard)
+    do update set value = jobcast.finished_counts.value + excluded.value
+$$;
+
 -- The backoff before attempt n+1: base * 2^(n-1), capped at 10 minutes. Computed in
 -- floating point so that no attempt number can overflow (max_attempts allows 100).
 create or replace function jobcast.retry_delay_ms(p_base_ms bigint, p_attempt integer)
@@ -304,8 +315,10 @@ begin
                jobcast.event_data(d.id, d.kind, d.queue, d.status, d.attempt, d.last_seq,
                                   'succeeded', jsonb_build_object('result', d.result))
           from done d
+    ), counted as (
+        select jobcast.count_finished(queue, 'succeeded', count(*)) from done group by queue
     )
-    select d.id from done d;
+    select d.id from done d cross join (select count(*) as n from counted) c;
 end
 $$;
 
@@ -340,6 +353,7 @@ begin
         perform jobcast.add_to_counter('retries', 1);
     else
         event_type := 'failed';
+        perform jobcast.count_finished(j.queue, 'failed', 1);
     end if;
     insert into jobcast.events (job_id, seq, type, data)
     values (j.id, j.last_seq, event_type,
@@ -395,10 +409,14 @@ begin
     ), wake as (
         select pg_notify('jobcast_jobs', q)
           from (select distinct queue as q from failed where status = 'queued') d
+    ), counted as (
+        select jobcast.count_finished(queue, 'failed', count(*))
+          from failed where status = 'failed' group by queue
     )
     select array_agg(f.id), count(*) filter (where f.status = 'queued')
       into ids, retried
-      from failed f left join (select count(*) from wake) w on true;
+      from failed f cross join (select count(*) as n from wake) w
+                    cross join (select count(*) as n from counted) c;
     if retried > 0 then
         perform jobcast.add_to_counter('retries', retried);
     end if;
@@ -447,6 +465,7 @@ begin
     values (j.id, j.last_seq, 'cancelled',
             jobcast.event_data(j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq,
                                'cancelled', null));
+    perform jobcast.count_finished(j.queue, 'cancelled', 1);
     if was_running then
         perform pg_notify('jobcast_cancel', j.id::text);
     end if;
@@ -491,7 +510,7 @@ language sql as $$
     ), wake as (
         select pg_notify('jobcast_jobs', q) from (select distinct queue as q from released) d
     )
-    select r.id from released r left join (select count(*) from wake) w on true
+    select r.id from released r cross join (select count(*) as n from wake) w
 $$;
 
 -- Take back attempts whose lease ran out (their worker died or hung). Safe to run from any
@@ -535,9 +554,12 @@ language sql as $$
          limit p_limit
            for update skip locked
     ), deleted as (
-        delete from jobcast.jobs j using doomed where j.id = doomed.id returning j.id
+        delete from jobcast.jobs j using doomed where j.id = doomed.id
+        returning j.id, j.queue, j.status
+    ), counted as (
+        select jobcast.count_finished(queue, status, -count(*)) from deleted group by queue, status
     )
-    select count(*)::integer from deleted
+    select count(*)::integer from deleted cross join (select count(*) as n from counted) c
 $$;
 
 -- The firehose horizon: every event whose xid is below it has committed or never will,

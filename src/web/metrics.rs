@@ -19,7 +19,19 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
 
     let rows = client
         .query(
-            "select queue, status::text, count(*) from jobcast.jobs group by 1, 2 order by 1, 2",
+            // Queued and running jobs are counted through their partial indexes; finished
+            // ones are kept counted as they finish and are pruned (jobcast.count_finished),
+            // never by reading the retained history.
+            "select queue, status, sum(n)::bigint from (
+                 select queue, status::text, count(*) as n from jobcast.jobs
+                  where status = 'queued' group by 1, 2
+                 union all
+                 select queue, status::text, count(*) from jobcast.jobs
+                  where status = 'running' group by 1, 2
+                 union all
+                 select queue, status::text, sum(value) from jobcast.finished_counts
+                  group by 1, 2
+             ) c group by 1, 2 having sum(n) <> 0 order by 1, 2",
             &[],
         )
         .await

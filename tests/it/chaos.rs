@@ -79,7 +79,8 @@ async fn follow(
             match next {
                 Ok(Some(Ok(event))) => {
                     let data: Value = serde_json::from_str(&event.data).unwrap();
-                    let terminal = ["succeeded", "failed", "cancelled"].contains(&event.event.as_str());
+                    let terminal =
+                        ["succeeded", "failed", "cancelled"].contains(&event.event.as_str());
                     received.push((event.id, event.event, data));
                     if terminal && stop_at_terminal {
                         return received;
@@ -109,7 +110,14 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
     let url = cluster.url();
     jobcast::db::migrate::run(&url).await.unwrap();
 
-    let work_args = ["--lease-secs", "2", "--retry-base-ms", "50", "--grace-secs", "1"];
+    let work_args = [
+        "--lease-secs",
+        "2",
+        "--retry-base-ms",
+        "50",
+        "--grace-secs",
+        "1",
+    ];
     let mut serves = vec![Proc::serve(&url, &[]), Proc::serve(&url, &[])];
     let mut workers = vec![Proc::work(&url, &work_args), Proc::work(&url, &work_args)];
     let servers: Servers = Arc::new(Mutex::new(
@@ -152,7 +160,10 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
                 .send()
                 .await
             {
-                Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null)),
+                Ok(r) => (
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap_or(Value::Null),
+                ),
                 Err(_) => (0, Value::Null),
             };
             if status == 202 {
@@ -250,13 +261,25 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
         let job: String = row.get(0);
         let seqs: Vec<i32> = row.get(1);
         let types: Vec<String> = row.get(2);
-        assert_eq!(seqs, (1..=seqs.len() as i32).collect::<Vec<_>>(), "job {job}: gapless");
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i32).collect::<Vec<_>>(),
+            "job {job}: gapless"
+        );
         let terminal: Vec<&String> = types
             .iter()
             .filter(|t| ["succeeded", "failed", "cancelled"].contains(&t.as_str()))
             .collect();
-        assert_eq!(terminal.len(), 1, "job {job}: one terminal event: {types:?}");
-        assert_eq!(Some(terminal[0]), types.last(), "job {job}: terminal is last");
+        assert_eq!(
+            terminal.len(),
+            1,
+            "job {job}: one terminal event: {types:?}"
+        );
+        assert_eq!(
+            Some(terminal[0]),
+            types.last(),
+            "job {job}: terminal is last"
+        );
         table.insert(job, seqs.into_iter().zip(types).collect());
     }
     assert_eq!(table.len(), ids.len(), "every job has events");
@@ -280,13 +303,20 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
         let mut per_job: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         let mut cursors = HashSet::new();
         for (cursor, _, data) in &got {
-            assert!(cursors.insert(cursor.clone()), "cursor {cursor} delivered twice");
+            assert!(
+                cursors.insert(cursor.clone()),
+                "cursor {cursor} delivered twice"
+            );
             per_job
                 .entry(data["job_id"].as_str().unwrap().to_owned())
                 .or_default()
                 .push(data["seq"].as_i64().unwrap() as i32);
         }
-        assert_eq!(got.len(), all_events, "the firehose delivered every event once");
+        assert_eq!(
+            got.len(),
+            all_events,
+            "the firehose delivered every event once"
+        );
         for (job, seqs) in per_job {
             let expected: Vec<i32> = table[&job].iter().map(|(s, _)| *s).collect();
             assert_eq!(seqs, expected, "job {job}: firehose order");

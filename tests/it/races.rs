@@ -465,6 +465,16 @@ async fn retention_days_prunes_old_finished_jobs_through_the_worker() {
     })
     .await;
     assert_eq!(get_job(serve.url(), &recent).await["status"], "cancelled");
+    // Finished jobs are counted as they finish and as they are pruned, not by a scan.
+    let text = metrics(serve.url()).await;
+    assert_eq!(
+        fetch_metric(
+            &text,
+            "jobcast_jobs{queue=\"default\",status=\"cancelled\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     let client = db.client().await;
     let orphans: i64 = client
         .query_one(
