@@ -8,6 +8,7 @@ mod cancel;
 mod cli;
 mod dev;
 mod firehose;
+mod hardening;
 mod idempotency;
 mod operations;
 mod postgres_restart;
