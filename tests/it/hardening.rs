@@ -354,7 +354,7 @@ async fn a_foreign_page_cannot_change_anything_and_the_dashboard_still_can() {
     // Reading from anywhere is fine; CORS decides what the page may see.
     let answer = send(
         http()
-            .get(&format!("{url}/v1/jobs/{id}"))
+            .get(format!("{url}/v1/jobs/{id}"))
             .header("Origin", "http://evil.example"),
     )
     .await;
