@@ -130,41 +130,13 @@ pub fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// What the log needs to find a failed statement: PostgreSQL's message, detail, hint and
-/// SQLSTATE (the client sees none of it).
-fn describe(error: &db::Error) -> String {
-    let db::Error::Postgres(e) = error else {
-        return error.to_string();
-    };
-    match e.as_db_error() {
-        Some(db) => format!(
-            "database error: {} (SQLSTATE {}){}{}{}",
-            db.message(),
-            db.code().code(),
-            db.detail()
-                .map(|d| format!("; detail: {d}"))
-                .unwrap_or_default(),
-            db.hint()
-                .map(|h| format!("; hint: {h}"))
-                .unwrap_or_default(),
-            db.where_()
-                .map(|w| format!("; where: {w}"))
-                .unwrap_or_default(),
-        ),
-        None => match std::error::Error::source(e) {
-            Some(source) => format!("{error}: {source}"),
-            None => error.to_string(),
-        },
-    }
-}
-
 impl From<db::Error> for ApiError {
     fn from(error: db::Error) -> Self {
         if error.is_connection() {
-            tracing::warn!(error = %describe(&error), "database unavailable");
+            tracing::warn!(%error, "database unavailable");
             ApiError::Unavailable("the database is unavailable; try again shortly".into())
         } else {
-            ApiError::Internal(describe(&error))
+            ApiError::Internal(error.to_string())
         }
     }
 }
