@@ -104,11 +104,12 @@ impl ResponseError for ApiError {
             body["field"] = json!(clip(field, MAX_DETAIL_CHARS));
         }
         if let ApiError::Internal(cause) = self {
-            tracing::error!(%cause, "request failed");
+            // Debug formatting keeps it one line (PostgreSQL context spans several).
+            tracing::error!(cause = ?cause, "request failed");
         } else if status.is_client_error() {
             // A client's mistake is not the operator's problem: an attacker must not be able
             // to flood the error log.
-            tracing::debug!(status = status.as_u16(), detail = %clip(&self.to_string(), MAX_DETAIL_CHARS), "request refused");
+            tracing::debug!(status = status.as_u16(), detail = ?clip(&self.to_string(), MAX_DETAIL_CHARS), "request refused");
         }
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
