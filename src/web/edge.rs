@@ -31,16 +31,19 @@ impl AllowedOrigins {
         }
     }
 
-    fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+    /// Whether a request with this `Origin` may change state. `hosts` are the names the
+    /// request was addressed to (`Host`, and `X-Forwarded-Host` behind a proxy): a page may
+    /// always call the server it came from. A foreign page cannot forge either header
+    /// without a preflight, which CORS then refuses.
+    fn allows(&self, origin: &str, hosts: &[&str]) -> bool {
         let origin = origin.trim().to_ascii_lowercase();
         if self.any || self.origins.contains(&origin) {
             return true;
         }
-        // The dashboard's own requests: the page was served by this host, whatever its name.
         let authority = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
-        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
+        authority.is_some_and(|a| hosts.iter().any(|h| a.eq_ignore_ascii_case(h.trim())))
     }
 }
 
@@ -83,12 +86,14 @@ fn check_origin(req: &ServiceRequest) -> Result<(), ApiError> {
         .app_data::<web::Data<AllowedOrigins>>()
         .map(|a| a.get_ref().clone())
         .unwrap_or_default();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| req.headers().get(name))
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect();
     match origin.to_str() {
-        Ok(origin) if allowed.allows(origin, host) => Ok(()),
+        Ok(origin) if allowed.allows(origin, &hosts) => Ok(()),
         _ => Err(ApiError::Forbidden(
             "this origin may not change anything here (see --cors-origins)".into(),
         )),
@@ -172,4 +177,30 @@ pub fn path_error(error: actix_web::error::PathError, _: &HttpRequest) -> actix_
 /// JSON bodies read by an extractor: a problem document too.
 pub fn json_error(error: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     ApiError::BadRequest(format!("malformed JSON: {error}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_is_allowed_when_listed_or_when_it_is_the_server_itself() {
+        let listed = AllowedOrigins::new(&["https://app.example/".into()]);
+        assert!(listed.allows("https://APP.example", &[]));
+        assert!(!listed.allows("https://evil.example", &["127.0.0.1:8080"]));
+        assert!(listed.allows("http://127.0.0.1:8080", &["127.0.0.1:8080"]));
+        assert!(listed.allows("https://jobs.example", &["10.0.0.5:8080", "jobs.example"]));
+        assert!(!listed.allows("null", &["null"]));
+        assert!(!listed.allows("http://127.0.0.1:8081", &["127.0.0.1:8080"]));
+        assert!(AllowedOrigins::new(&["*".into()]).allows("https://any.example", &[]));
+        assert!(!AllowedOrigins::default().allows("https://any.example", &[]));
+    }
+
+    #[test]
+    fn only_the_two_streams_have_their_query_checked() {
+        assert!(is_job_stream("/v1/jobs/12/events"));
+        assert!(!is_job_stream("/v1/jobs//events"));
+        assert!(!is_job_stream("/v1/jobs/1/2/events"));
+        assert!(!is_job_stream("/v1/jobs/12"));
+    }
 }

@@ -156,3 +156,15 @@ impl From<SpecError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary_and_says_so() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ééééé", 3), "ééé…");
+        assert_eq!(clip(&"x".repeat(30_000), 300).chars().count(), 301);
+    }
+}
