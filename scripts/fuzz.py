@@ -200,7 +200,7 @@ class Fuzzer:
         target = path + self.query()
         headers = self.headers(method, path)
         body = self.body(path) if method in ("POST", "PUT", "PATCH") and r.random() < 0.95 else None
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
         try:
             conn.putrequest(method, target, skip_accept_encoding=True)
             for name, value in headers.items():
@@ -257,14 +257,15 @@ class Fuzzer:
         ]
         data = r.choice(shapes).replace(b"Host: x", b"Host: " + host.encode())
         try:
-            with socket.create_connection((self.host, self.port), timeout=10) as s:
+            with socket.create_connection((self.host, self.port), timeout=3) as s:
                 try:
                     s.sendall(data)
                     s.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
                 response = b""
-                while len(response) < 1_000_000:
+                until = time.monotonic() + 3
+                while len(response) < 1_000_000 and time.monotonic() < until:
                     chunk = s.recv(65536)
                     if not chunk:
                         break
@@ -328,7 +329,7 @@ def main():
                                      "--max-body-bytes", str(max_body), "--body-timeout-secs", "2",
                                      "--cors-origins", "http://ok.example"], env, serve_log, True)
     work, _ = start(opts.binary, ["work", "--database-url", opts.database_url, "--concurrency", "16",
-                                  "--retry-base-ms", "10", "--queues", "default,q1,other"], env, work_log, False)
+                                  "--retry-base-ms", "10", "--grace-secs", "1", "--queues", "default,q1,other"], env, work_log, False)
     parsed = urllib.parse.urlparse(url)
     before = count_jobs(opts.database_url)
     print(f"fuzz: seed {opts.seed}, {opts.duration:.0f} s, {opts.threads} threads against {url}", flush=True)
