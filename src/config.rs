@@ -39,6 +39,12 @@ pub struct WebArgs {
     /// Comma-separated origins allowed to call the API from a browser (`*`: any).
     #[arg(long, env = "JOBCAST_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Seconds a request body may take to arrive before the request gets 408.
+    #[arg(long, env = "JOBCAST_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_secs: u64,
+    /// Most queues given their own `queue` label on /metrics (the busiest; the rest are `other`).
+    #[arg(long, env = "JOBCAST_METRICS_MAX_QUEUES", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub metrics_max_queues: u64,
 }
 
 impl WebArgs {

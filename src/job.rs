@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_postgres::Row;
@@ -233,6 +233,13 @@ impl JobSpec {
             .get("args")
             .cloned()
             .unwrap_or_else(|| Value::Object(Map::new()));
+        if let Some(path) = find_nul(&args, "args") {
+            return Err(SpecError::rule(
+                &path,
+                "contains \\u0000, which PostgreSQL cannot store",
+            ));
+        }
+        crate::worker::demo::check_args(kind, &args)?;
         let priority = int_field(object, "priority", 0, -32768, 32767)?;
         let max_attempts = int_field(object, "max_attempts", 3, 1, 100)?;
         let timeout_secs = match object.get("timeout_secs") {
@@ -245,7 +252,15 @@ impl JobSpec {
                 let text = string_field(v, "run_at")?;
                 let parsed = DateTime::parse_from_rfc3339(text)
                     .map_err(|_| SpecError::rule("run_at", "must be an RFC 3339 timestamp"))?;
-                Some(parsed.with_timezone(&Utc))
+                let utc = parsed.with_timezone(&Utc);
+                // PostgreSQL's timestamptz has no year 0; past year 9999 RFC 3339 has no form.
+                if !(1..=9999).contains(&utc.year()) {
+                    return Err(SpecError::rule(
+                        "run_at",
+                        "must be between 0001-01-01 and 9999-12-31 (UTC)",
+                    ));
+                }
+                Some(utc)
             }
         };
         Ok(JobSpec {
@@ -276,6 +291,27 @@ impl JobSpec {
     pub fn fingerprint(&self) -> String {
         // serde_json maps are ordered by key, so equal specs serialize equally.
         self.to_sql_json().to_string()
+    }
+}
+
+/// The path of the first string or key in `value` that holds a NUL character, which
+/// `jsonb` refuses (the path is clipped: it may be client input of any length).
+fn find_nul(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_nul(item, &format!("{path}[{i}]"))),
+        Value::Object(members) => members.iter().find_map(|(key, item)| {
+            let here = format!("{path}.{}", crate::web::problem::clip(key, 64));
+            if key.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(item, &here)
+            }
+        }),
+        _ => None,
     }
 }
 

@@ -22,7 +22,7 @@ pub enum Error {
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
@@ -63,6 +63,28 @@ impl Error {
             Error::Url(_) | Error::Migration(_) => false,
         }
     }
+}
+
+/// What a log needs to find a failed statement: PostgreSQL's message, SQLSTATE, detail, hint
+/// and context (tokio-postgres's own text is only "db error"). Never sent to clients.
+fn describe(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        return match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        };
+    };
+    let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    for (label, value) in [
+        ("detail", db.detail()),
+        ("hint", db.hint()),
+        ("where", db.where_()),
+    ] {
+        if let Some(value) = value {
+            text.push_str(&format!("; {label}: {value}"));
+        }
+    }
+    text
 }
 
 /// A result of this module.

@@ -23,9 +23,10 @@ pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
 /// Reads a JSON body: 415 unless JSON, 413 over the limit, 400 unless it parses.
 async fn read_json(
     req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
+    payload: web::Payload,
+    state: &WebState,
 ) -> Result<Value, ApiError> {
+    let limit = state.max_body_bytes;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -51,6 +52,20 @@ async fn read_json(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
+    // The whole body is read (and checked) before any database connection is taken, and a
+    // client that sends it too slowly gets a 408 instead of holding the request open.
+    let body = tokio::time::timeout(state.body_timeout, read_body(payload, limit))
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {:?}",
+                state.body_timeout
+            ))
+        })??;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
@@ -59,7 +74,7 @@ async fn read_json(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    Ok(body)
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
@@ -91,7 +106,7 @@ pub async fn create_job(
     payload: web::Payload,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, &state).await?;
     let spec = JobSpec::parse(&body)?;
     let key = idempotency_key(&req)?;
     let client = state.pool.get().await?;
@@ -125,7 +140,7 @@ pub async fn create_batch(
     payload: web::Payload,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, &state).await?;
     let object = body
         .as_object()
         .ok_or_else(|| ApiError::BadRequest("body: expected a JSON object".into()))?;
@@ -183,8 +198,8 @@ pub async fn list_jobs(
     };
     for (name, value) in query.iter() {
         match name.as_str() {
-            "queue" => filter.queue = Some(value.clone()),
-            "kind" => filter.kind = Some(value.clone()),
+            "queue" => filter.queue = Some(name_filter("queue", value, 64)?),
+            "kind" => filter.kind = Some(name_filter("kind", value, 128)?),
             "status" => {
                 let status = value.parse::<Status>().map_err(|_| {
                     ApiError::invalid(
@@ -218,6 +233,19 @@ pub async fn list_jobs(
         .then(|| jobs.last().map(|job| job.id.clone()))
         .flatten();
     Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
+}
+
+/// A `queue` or `kind` filter: no job can have a name of another shape, and some shapes
+/// (a NUL) PostgreSQL cannot even compare.
+fn name_filter(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    if crate::job::is_name(value, max) {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("must be 1-{max} characters of [A-Za-z0-9_.:-]"),
+        ))
+    }
 }
 
 /// `POST /v1/jobs/{id}/cancel`

@@ -1,4 +1,5 @@
 //! `GET /metrics`: this process's counters plus database-wide gauges read at scrape time.
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
 use actix_web::{web, HttpResponse};
@@ -36,21 +37,22 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
         )
         .await
         .map_err(crate::db::Error::from)?;
+    let counts: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let labels = QueueLabels::busiest(&counts, state.metrics_max_queues);
     text.push_str("# HELP jobcast_jobs Jobs by queue and status\n# TYPE jobcast_jobs gauge\n");
-    let mut queues: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    queues.dedup();
-    for queue in &queues {
+    for label in labels.values() {
         for status in Status::ALL {
-            let count = rows
+            let count: i64 = counts
                 .iter()
-                .find(|r| {
-                    r.get::<_, String>(0) == *queue && r.get::<_, String>(1) == status.as_str()
-                })
-                .map(|r| r.get::<_, i64>(2))
-                .unwrap_or(0);
+                .filter(|(queue, s, _)| labels.of(queue) == label && s == status.as_str())
+                .map(|(_, _, n)| n)
+                .sum();
             let _ = writeln!(
                 text,
-                "jobcast_jobs{{queue=\"{queue}\",status=\"{}\"}} {count}",
+                "jobcast_jobs{{queue=\"{label}\",status=\"{}\"}} {count}",
                 status.as_str()
             );
         }
@@ -68,15 +70,15 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
         "# HELP jobcast_oldest_queued_seconds Age of the oldest job that is due and not yet started\n\
          # TYPE jobcast_oldest_queued_seconds gauge\n",
     );
-    for queue in &queues {
+    for label in labels.values() {
         let age = rows
             .iter()
-            .find(|r| r.get::<_, String>(0) == *queue)
+            .filter(|r| labels.of(&r.get::<_, String>(0)) == label)
             .map(|r| r.get::<_, f64>(1))
-            .unwrap_or(0.0);
+            .fold(0.0, f64::max);
         let _ = writeln!(
             text,
-            "jobcast_oldest_queued_seconds{{queue=\"{queue}\"}} {age:.3}"
+            "jobcast_oldest_queued_seconds{{queue=\"{label}\"}} {age:.3}"
         );
     }
 
@@ -102,4 +104,51 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
+}
+
+/// The `queue` label of each queue: its own name for the `max` queues with the most jobs,
+/// `other` for the rest. Queue names come from clients, and every label value is a series
+/// per status in every scrape: without a cap one batch of odd names floods Prometheus.
+struct QueueLabels {
+    own: BTreeSet<String>,
+    any_other: bool,
+}
+
+/// The label of every queue outside the busiest.
+const OTHER: &str = "other";
+
+impl QueueLabels {
+    fn busiest(counts: &[(String, String, i64)], max: usize) -> QueueLabels {
+        let mut totals: HashMap<&str, i64> = HashMap::new();
+        for (queue, _, n) in counts {
+            *totals.entry(queue.as_str()).or_default() += n;
+        }
+        let mut ranked: Vec<(&str, i64)> = totals.into_iter().collect();
+        // Busiest first; ties by name, so the labels do not flap between scrapes.
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let any_other = ranked.len() > max;
+        let own = ranked
+            .into_iter()
+            .take(max)
+            .map(|(queue, _)| queue.to_owned())
+            .collect();
+        QueueLabels { own, any_other }
+    }
+
+    fn of<'a>(&'a self, queue: &'a str) -> &'a str {
+        if self.own.contains(queue) {
+            queue
+        } else {
+            OTHER
+        }
+    }
+
+    /// Every label value, sorted, each once (a queue named `other` shares the bucket).
+    fn values(&self) -> Vec<&str> {
+        let mut values: BTreeSet<&str> = self.own.iter().map(String::as_str).collect();
+        if self.any_other {
+            values.insert(OTHER);
+        }
+        values.into_iter().collect()
+    }
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WebArgs;
 use crate::hub::Hub;
 
+mod edge;
 pub mod jobs;
 mod metrics;
 pub mod problem;
@@ -30,6 +31,10 @@ pub struct WebState {
     pub heartbeat: Duration,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (then 408).
+    pub body_timeout: Duration,
+    /// Most `queue` label values on the job gauges of `/metrics`.
+    pub metrics_max_queues: usize,
     /// Cancelled on SIGTERM: open streams end so the server can stop.
     pub shutdown: CancellationToken,
 }
@@ -49,9 +54,15 @@ pub fn build(
 ) -> std::io::Result<Server> {
     let shutdown = state.shutdown.clone();
     let state = web::Data::new(state);
+    let origins = web::Data::new(edge::AllowedOrigins::new(&cors_origins));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(origins.clone())
+            .app_data(web::QueryConfig::default().error_handler(edge::query_error))
+            .app_data(web::PathConfig::default().error_handler(edge::path_error))
+            .app_data(web::JsonConfig::default().error_handler(edge::json_error))
+            .wrap(actix_web::middleware::from_fn(edge::check))
             .wrap(actix_web::middleware::from_fn(request_deadline))
             .wrap(cors(&cors_origins))
             .route("/", web::get().to(dashboard))
@@ -70,6 +81,9 @@ pub fn build(
     .listen(listener)?
     .max_connections(MAX_CONNECTIONS)
     .backlog(BACKLOG)
+    // A client that closes its side is gone (EventSource never half-closes): end its stream
+    // now, not at the next keep-alive write.
+    .h1_allow_half_closed(false)
     .disable_signals()
     .shutdown_timeout(5)
     .run();
@@ -117,6 +131,8 @@ pub async fn serve(
         hub,
         heartbeat: args.heartbeat(),
         max_body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout_secs),
+        metrics_max_queues: usize::try_from(args.metrics_max_queues).unwrap_or(usize::MAX),
         shutdown,
     };
     let server = build(listener, state, args.cors_origins.clone())?;

@@ -33,6 +33,12 @@ pub enum ApiError {
     /// Body over the limit (413).
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// A state-changing request from an origin that may not make it (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The database is unreachable (503).
     #[error("{0}")]
     Unavailable(String),
@@ -60,6 +66,8 @@ impl ApiError {
                 ("unsupported-media-type", "Unsupported media type")
             }
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
+            ApiError::RequestTimeout(_) => ("request-timeout", "Request timeout"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
@@ -75,6 +83,8 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,13 +97,19 @@ impl ResponseError for ApiError {
             "type": format!("/problems/{slug}"),
             "title": title,
             "status": status.as_u16(),
-            "detail": self.to_string(),
+            // Details may quote client input: never echo kilobytes of it back.
+            "detail": clip(&self.to_string(), MAX_DETAIL_CHARS),
         });
         if let ApiError::Invalid { field, .. } = self {
-            body["field"] = json!(field);
+            body["field"] = json!(clip(field, MAX_DETAIL_CHARS));
         }
         if let ApiError::Internal(cause) = self {
-            tracing::error!(%cause, "request failed");
+            // Debug formatting keeps it one line (PostgreSQL context spans several).
+            tracing::error!(cause = ?cause, "request failed");
+        } else if status.is_client_error() {
+            // A client's mistake is not the operator's problem: an attacker must not be able
+            // to flood the error log.
+            tracing::debug!(status = status.as_u16(), detail = ?clip(&self.to_string(), MAX_DETAIL_CHARS), "request refused");
         }
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
@@ -101,6 +117,17 @@ impl ResponseError for ApiError {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
         response.body(body.to_string())
+    }
+}
+
+/// Longest `detail` (and `field`) sent back, in characters.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// `text` cut to at most `max` characters, with `…` where it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 
@@ -127,5 +154,17 @@ impl From<SpecError> for ApiError {
             SpecError::Type { field, detail } => ApiError::BadRequest(format!("{field}: {detail}")),
             SpecError::Rule { field, detail } => ApiError::Invalid { field, detail },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary_and_says_so() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ééééé", 3), "ééé…");
+        assert_eq!(clip(&"x".repeat(30_000), 300).chars().count(), 301);
     }
 }

@@ -1,10 +1,22 @@
-//! The demo handlers of API.md, written with the public handler API.
+//! The demo handlers of API.md, written with the public handler API. Their arguments have
+//! bounds (checked when a job is submitted and again when it runs), so no request can make
+//! a worker allocate without limit or write events forever.
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{HandlerError, JobContext, Registry};
+use crate::job::SpecError;
+
+/// Most steps of one `demo.steps` job: 10,000 events is plenty for a demo.
+pub const MAX_STEPS: u64 = 10_000;
+/// Longest step of `demo.steps`, in milliseconds (one minute).
+pub const MAX_STEP_MS: u64 = 60_000;
+/// Largest `payload_bytes` of `demo.steps`: 1 MiB per event (big-event tests need 100 KB).
+pub const MAX_PAYLOAD_BYTES: u64 = 1_048_576;
+/// Most filler one `demo.steps` job writes in all (`steps` × `payload_bytes`): 64 MiB.
+pub const MAX_TOTAL_PAYLOAD_BYTES: u64 = 64 * 1_048_576;
 
 /// Arguments of `demo.steps`.
 #[derive(Debug, Deserialize)]
@@ -30,8 +42,71 @@ fn default_step_ms() -> u64 {
     200
 }
 
+/// The bounded integer arguments of `demo.steps`: (name, least, most).
+const STEPS_BOUNDS: [(&str, u64, u64); 4] = [
+    ("steps", 0, MAX_STEPS),
+    ("step_ms", 0, MAX_STEP_MS),
+    ("fail_at", 1, MAX_STEPS),
+    ("payload_bytes", 0, MAX_PAYLOAD_BYTES),
+];
+
+/// Checks a demo job's `args` when it is submitted: a 422 naming the field beats a job
+/// that fails (or worse) on a worker. Other kinds are not the web tier's business.
+pub fn check_args(kind: &str, args: &Value) -> Result<(), SpecError> {
+    if kind != "demo.steps" {
+        return Ok(());
+    }
+    let Some(object) = args.as_object() else {
+        return Err(SpecError::Rule {
+            field: "args".into(),
+            detail: "demo.steps takes an object".into(),
+        });
+    };
+    for (name, value) in object {
+        let Some(&(_, least, most)) = STEPS_BOUNDS.iter().find(|(n, _, _)| n == name) else {
+            return Err(SpecError::Rule {
+                field: format!("args.{}", crate::web::problem::clip(name, 64)),
+                detail: "unknown argument of demo.steps".into(),
+            });
+        };
+        let fits = match value {
+            Value::Null => name == "fail_at" || name == "payload_bytes",
+            other => other.as_u64().is_some_and(|n| (least..=most).contains(&n)),
+        };
+        if !fits {
+            return Err(SpecError::Rule {
+                field: format!("args.{name}"),
+                detail: format!("must be an integer between {least} and {most}"),
+            });
+        }
+    }
+    let steps = object
+        .get("steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(default_steps()));
+    let payload = object
+        .get("payload_bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if steps.saturating_mul(payload) > MAX_TOTAL_PAYLOAD_BYTES {
+        return Err(SpecError::Rule {
+            field: "args.payload_bytes".into(),
+            detail: format!("steps × payload_bytes must be at most {MAX_TOTAL_PAYLOAD_BYTES}"),
+        });
+    }
+    Ok(())
+}
+
 /// `demo.steps`: one progress event per step, cancellable between steps.
 pub async fn steps(ctx: JobContext, args: StepsArgs) -> Result<Value, HandlerError> {
+    // Jobs enqueued through SQL skip the API's checks: a worker must refuse them too,
+    // without retrying (the same arguments would fail the same way).
+    let checked = json!({
+        "steps": args.steps, "step_ms": args.step_ms,
+        "fail_at": args.fail_at, "payload_bytes": args.payload_bytes,
+    });
+    check_args("demo.steps", &checked)
+        .map_err(|e| HandlerError::fatal(format!("invalid args: {e}")))?;
     let filler = args
         .payload_bytes
         .map(|n| json!({ "filler": "x".repeat(n) }));

@@ -10,6 +10,7 @@ const T: Duration = Duration::from_secs(15);
 async fn cancel(server: &str, id: &str) -> (u16, serde_json::Value) {
     let response = http()
         .post(format!("{server}/v1/jobs/{id}/cancel"))
+        .header("Content-Type", "application/json")
         .send()
         .await
         .unwrap();

@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod dev;
 mod firehose;
+mod hardening;
 mod idempotency;
 mod operations;
 mod postgres_restart;

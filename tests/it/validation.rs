@@ -257,6 +257,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     }
     let response = http()
         .post(format!("{}/v1/jobs/424242/cancel", serve.url()))
+        .header("Content-Type", "application/json")
         .send()
         .await
         .unwrap();
