@@ -429,17 +429,36 @@ $$;
 -- is off neither spins nor oversleeps.
 create or replace function jobcast.next_due_in(p_queues text[], p_kinds text[])
 returns double precision
-language sql stable as $$
-    -- greatest() ignores nulls: none queued stays null.
-    select case when min(j.run_at) is null then null
-                else greatest(extract(epoch from min(j.run_at) - now())::float8, 0) end
-      from unnest(p_queues) as q(name)
-      cross join unnest(coalesce(p_kinds, array[null::text])) as k(name)
-      cross join lateral (
-          select run_at from jobcast.jobs
-           where queue = q.name and (k.name is null or kind = k.name) and status = 'queued'
-           order by run_at limit 1
-      ) j
+language plpgsql stable as $$
+declare
+    next_run_at timestamptz;
+begin
+    -- One index scan per (queue, kind); without kinds, one per queue (slower: the index is
+    -- ordered by kind first).
+    if p_kinds is not null then
+        select min(j.run_at) into next_run_at
+          from unnest(p_queues) as q(name)
+          cross join unnest(p_kinds) as k(name)
+          cross join lateral (
+              select run_at from jobcast.jobs
+               where queue = q.name and kind = k.name and status = 'queued'
+               order by run_at limit 1
+          ) j;
+    else
+        select min(j.run_at) into next_run_at
+          from unnest(p_queues) as q(name)
+          cross join lateral (
+              select run_at from jobcast.jobs
+               where queue = q.name and status = 'queued'
+               order by run_at limit 1
+          ) j;
+    end if;
+    -- greatest() would ignore a null: none queued stays null.
+    if next_run_at is null then
+        return null;
+    end if;
+    return greatest(extract(epoch from next_run_at - now())::float8, 0);
+end
 $$;
 
 -- Cancel a queued or running job at once. Returns the cancelled job, or nothing when the job
