@@ -430,7 +430,11 @@ class Worker:
             log.warning("job %s attempt %d failed: %r", job_id, number, value)
             op = failure({"message": str(value) or type(value).__name__,
                           "exception": type(value).__name__}, True)
-        if not await self._writer.submit(op):
+        recorded = await self._writer.submit(op)
+        if recorded and isinstance(op, FailOp) and op.retryable and self._loop is not None:
+            # The retry is due in delay_ms: claim it then rather than at the next poll.
+            self._loop.call_later(op.delay_ms / 1000.0, self._wake.set)
+        if not recorded:
             log.info("job %s attempt %d: outcome refused (cancelled or lease taken)",
                      job_id, number)
 
