@@ -85,3 +85,19 @@ def test_committed_enqueue_is_picked_up_and_streamed(procs, marker_dir):
         done = client.get(job["id"])
         assert done.priority == 3 and done.max_attempts == 2 and done.result == {"steps": 2}
     assert db.scalar("select count(*) from jobcast.jobs") == 1
+
+
+def test_a_key_used_by_enqueue_is_a_replay_over_http_with_the_same_body(procs):
+    server = procs.serve()
+    run_at = "2100-01-02T03:04:05.5+02:00"
+    with psycopg.connect(procs.db.url) as app:
+        job = enqueue(app, "report", {"rows": 5, "title": "Q3 – ünïcode"}, priority=2,
+                      run_at=run_at, idempotency_key="invoice-9")
+    with Client(server.url) as client:
+        replay = client.submit("report", {"title": "Q3 – ünïcode", "rows": 5}, priority=2,
+                               run_at=run_at, idempotency_key="invoice-9")
+        assert replay.id == job["id"]
+        with pytest.raises(APIError) as conflict:
+            client.submit("report", {"rows": 6}, idempotency_key="invoice-9")
+        assert conflict.value.status_code == 409
+    assert procs.db.scalar("select count(*) from jobcast.jobs") == 1

@@ -207,7 +207,7 @@ class _Follow:
             self.failing_since = now
         if self.give_up_after is not None and now - self.failing_since > self.give_up_after:
             raise TransportError(f"gave up following after {self.give_up_after} s: {error}") from error
-        wait = min(self.retry * (2 ** min(self.failures, 6)), MAX_RECONNECT_WAIT)
+        wait = min(self.retry * float(2 ** min(self.failures, 6)), MAX_RECONNECT_WAIT)
         self.failures += 1
         return wait
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import re
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Callable, Coroutine, Dict, Optional
 
 from .errors import Cancelled
 
@@ -61,7 +61,7 @@ class _ContextBase:
         job: Dict[str, Any],
         worker_id: str,
         is_cancelled: Callable[[], bool],
-        record: Callable[[Dict[str, Any]], Awaitable[None]],
+        record: Callable[[Dict[str, Any]], Coroutine[Any, Any, None]],
     ) -> None:
         #: The job's id, as the API shows it.
         self.job_id: str = str(job["id"])

@@ -3,6 +3,8 @@ caller's transaction, so that the job exists (and wakes workers) only if that co
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Tuple
 
 from psycopg import AsyncConnection, Connection
@@ -29,12 +31,30 @@ def _statement(
 ) -> Tuple[str, Tuple[Any, ...]]:
     spec = job_spec(kind, args, queue=queue, priority=priority, run_at=run_at,
                     max_attempts=max_attempts, timeout_secs=timeout_secs)
-    # The request hash lets the HTTP API tell a replay from a conflict; here the caller owns
-    # the key, so a taken key simply returns the existing job.
-    params: Tuple[Any, ...] = (Jsonb(spec), idempotency_key, None)
+    request_hash = request_fingerprint(spec) if idempotency_key is not None else None
+    params: Tuple[Any, ...] = (Jsonb(spec), idempotency_key, request_hash)
     if tenant is None:
         return _ENQUEUE, params
     return _ENQUEUE_FOR_TENANT, params + (tenant,)
+
+
+def request_fingerprint(spec: Dict[str, Any]) -> Optional[str]:
+    """The HTTP API's fingerprint of a spec (compact JSON, keys sorted, defaults filled in,
+    run_at in UTC with microseconds), stored with an idempotency key so that the same key
+    and body submitted later over HTTP is a replay (200), not a conflict (409)."""
+    full = {"kind": spec["kind"], "queue": spec.get("queue", "default"),
+            "args": spec.get("args", {}), "priority": spec.get("priority", 0),
+            "max_attempts": spec.get("max_attempts", 3),
+            "timeout_secs": spec.get("timeout_secs")}
+    if spec.get("run_at") is not None:
+        try:
+            at = datetime.fromisoformat(str(spec["run_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if at.tzinfo is None:
+            return None
+        full["run_at"] = at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return json.dumps(full, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _job(row: Optional[Dict[str, Any]]) -> Dict[str, Any]:
