@@ -4,6 +4,7 @@ caller's transaction, so that the job exists (and wakes workers) only if that co
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Tuple
 
@@ -47,14 +48,29 @@ def request_fingerprint(spec: Dict[str, Any]) -> Optional[str]:
             "max_attempts": spec.get("max_attempts", 3),
             "timeout_secs": spec.get("timeout_secs")}
     if spec.get("run_at") is not None:
-        try:
-            at = datetime.fromisoformat(str(spec["run_at"]).replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if at.tzinfo is None:
+        at = _parse_rfc3339(str(spec["run_at"]))
+        if at is None:
             return None
         full["run_at"] = at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return json.dumps(full, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?"
+                     r"([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _parse_rfc3339(text: str) -> Optional[datetime]:
+    # datetime.fromisoformat before Python 3.11 takes neither "Z" nor 1-9 fraction digits.
+    match = _RFC3339.match(text)
+    if match is None:
+        return None
+    date, time, fraction, offset = match.groups()
+    micros = (fraction or "").ljust(6, "0")[:6]
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        return datetime.fromisoformat(f"{date}T{time}.{micros}{offset}")
+    except ValueError:
+        return None
 
 
 def _job(row: Optional[Dict[str, Any]]) -> Dict[str, Any]:
