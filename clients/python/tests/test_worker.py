@@ -30,6 +30,21 @@ def test_async_and_plain_handlers_report_progress_events_and_results(procs, mark
                                                                   "succeeded"]
         assert client.get(plain.id).result == {"steps": 2, "thread": True}
 
+        # A worker claims only the kinds it has handlers for.
+        foreign = client.submit("someone.elses")
+        list(client.follow(client.submit("py.echo").id))
+        assert client.get(foreign.id).status == "queued" and client.get(foreign.id).attempt == 0
+
+
+def test_heartbeats_keep_a_long_attempt_leased(procs, marker_dir):
+    server = procs.serve()
+    procs.python_worker(markers=marker_dir, lease_secs=0.6)
+    with Client(server.url) as client:
+        job = client.submit("py.steps", {"steps": 4, "step_ms": 500})  # 2 s, over 3 leases
+        events = [e.type for e in client.follow(job.id)]
+        assert "retrying" not in events and events[-1] == "succeeded"
+        assert client.get(job.id).attempt == 1
+
 
 def test_fatal_fails_at_once_and_exceptions_retry_with_backoff(procs, marker_dir):
     server = procs.serve()
