@@ -14,13 +14,15 @@ JOBS = 200
 
 def test_rust_and_python_workers_run_every_job_exactly_once(procs, marker_dir):
     server = procs.serve()
-    procs.rust_worker("--concurrency", "4")
-    procs.python_worker(markers=marker_dir, mixed=1, concurrency=4)
+    workers = [procs.rust_worker("--concurrency", "4"),
+               procs.python_worker(markers=marker_dir, mixed=1, concurrency=4)]
+    for worker in workers:
+        wait_for(lambda: "worker started" in worker.log_text(), what="both workers")
     with Client(server.url) as client:
         ids = []
         for _ in range(0, JOBS, 100):
             ids += [j.id for j in client.submit_many(
-                [job_spec("demo.steps", {"steps": 1, "step_ms": 5}) for _ in range(100)])]
+                [job_spec("demo.steps", {"steps": 1, "step_ms": 10}) for _ in range(100)])]
     db = procs.db
     wait_for(lambda: db.scalar("select count(*) from jobcast.jobs where status = 'succeeded'")
              == JOBS, timeout=30, what="every job to succeed")

@@ -69,7 +69,7 @@ def test_fatal_fails_at_once_and_exceptions_retry_with_backoff(procs, marker_dir
             row = events_of(procs.db, flaky.id)
             at = {e[0]: e[2] for e in row}
             waits.append(_ms_between(at[r.id]["at"], at[r.id]["run_at"]))
-        assert 150 <= waits[0] <= 260 and 310 <= waits[1] <= 500, waits
+        assert 100 <= waits[0] <= 260 < waits[1] <= 500, waits
         assert client.get(flaky.id).result == {"attempt": 3}
 
         exhausted = client.submit("py.flaky", {"succeed_at": 9}, max_attempts=2)
@@ -103,7 +103,7 @@ def test_cancel_stops_the_running_handler(procs, marker_dir):
         assert [e.type for e in follow][-1] == "cancelled"
         wait_for(lambda: (marker_dir / f"{job.id}.stopped").exists(), timeout=2,
                  what="the handler to be stopped")
-        assert time.monotonic() - cancelled_at < 1.0
+        assert time.monotonic() - cancelled_at < 2.0, "stopped long before its 5 s of steps"
         count = len(events_of(procs.db, job.id))
         time.sleep(0.3)
         assert len(events_of(procs.db, job.id)) == count

@@ -153,6 +153,14 @@ class Worker:
         """Runs until SIGTERM/SIGINT (or :meth:`stop`), then drains: running jobs get
         ``grace_secs`` to finish, the rest are handed back. A second signal skips the wait."""
         asyncio.run(self.run_async(install_signal_handlers=True))
+        stuck = [t for t in threading.enumerate() if t.name.startswith("jobcast-handler")
+                 and t.is_alive()]
+        if stuck:
+            # Plain handlers that ignored the stop are still running in their threads; their
+            # jobs were handed back, and Python would wait for them forever at exit.
+            log.warning("%d handler threads did not stop; exiting without them", len(stuck))
+            logging.shutdown()
+            os._exit(0)
 
     def stop(self) -> None:
         """Asks a running worker to drain and stop (callable from any thread)."""
