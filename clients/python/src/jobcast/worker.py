@@ -26,6 +26,7 @@ import random
 import signal
 import socket
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import psycopg
@@ -153,8 +154,11 @@ class Worker:
         """Runs until SIGTERM/SIGINT (or :meth:`stop`), then drains: running jobs get
         ``grace_secs`` to finish, the rest are handed back. A second signal skips the wait."""
         asyncio.run(self.run_async(install_signal_handlers=True))
-        stuck = [t for t in threading.enumerate() if t.name.startswith("jobcast-handler")
-                 and t.is_alive()]
+        handlers = [t for t in threading.enumerate() if t.name.startswith("jobcast-handler")]
+        deadline = time.monotonic() + 1.0
+        for thread in handlers:  # idle ones end at once
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in handlers if t.is_alive()]
         if stuck:
             # Plain handlers that ignored the stop are still running in their threads; their
             # jobs were handed back, and Python would wait for them forever at exit.
