@@ -165,9 +165,9 @@ def test_a_fenced_out_worker_stops_and_its_late_writes_are_refused(procs, marker
 
 def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(procs, marker_dir):
     server = procs.serve()
-    worker = procs.python_worker(markers=marker_dir, grace_secs=1)
+    worker = procs.python_worker(markers=marker_dir, grace_secs=2)
     with Client(server.url) as client:
-        short = client.submit("py.steps", {"steps": 4, "step_ms": 100})
+        short = client.submit("py.steps", {"steps": 3, "step_ms": 100})
         long = client.submit("py.hang")
         wait_for(lambda: (marker_dir / f"{long.id}.started").exists(), what="the long job")
         wait_for(lambda: client.get(short.id).status == "running", what="the short job")

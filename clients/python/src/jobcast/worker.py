@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import psycopg
 from psycopg.rows import dict_row
 
+from . import _duties
 from ._db import Connector
 from ._writer import CompleteOp, EventOp, FailOp, ReleaseOp, Writer
 from .context import AsyncContext, Context
@@ -39,10 +40,6 @@ from .errors import Cancelled, Fatal, Retry
 
 log = logging.getLogger("jobcast.worker")
 
-#: Channel on which enqueues wake workers (payload: the queue).
-JOBS_CHANNEL = "jobcast_jobs"
-#: Channel on which cancellations of running jobs are announced (payload: the job id).
-CANCEL_CHANNEL = "jobcast_cancel"
 #: Longest sleep between claims when no notification arrives.
 POLL_EVERY = 1.0
 #: Most jobs claimed in one statement.
@@ -53,9 +50,6 @@ IN_FLIGHT_PER_SLOT = 4
 HAND_BACK_TIMEOUT = 5.0
 #: Longest retry backoff (API.md).
 MAX_BACKOFF_MS = 600_000
-#: Rows handled per maintenance statement.
-MAINTENANCE_BATCH = 500
-PRUNE_EVERY = 60.0
 
 Handler = Callable[..., Any]
 
@@ -202,8 +196,11 @@ class Worker:
         self._writer.start()
         log.info("worker started: id=%s queues=%s kinds=%s concurrency=%d", self.worker_id,
                  self.queues, self.kinds, self.concurrency)
-        background = [asyncio.ensure_future(f) for f in
-                      (self._listen(), self._heartbeat_loop(), self._maintenance_loop())]
+        url = self.database_url
+        background = [asyncio.ensure_future(f) for f in (
+            _duties.listen(url, self.queues, self._wake, self._cancel),
+            _duties.heartbeat(url, self.worker_id, self.lease_secs, self._held, self._lost),
+            _duties.maintain(url, self.lease_secs, self.retry_base_ms, self.retention_days))]
         try:
             await self._claim_loop()
             await self._drain()
@@ -450,105 +447,21 @@ class Worker:
             log.info("job %s attempt %d: outcome refused (cancelled or lease taken)",
                      job_id, number)
 
-    # -- background duties --------------------------------------------------------------
+    # -- what the background duties report --------------------------------------------
 
-    async def _listen(self) -> None:
-        """LISTEN for wake-ups and cancellations; reconnects with backoff."""
-        backoff = 0.1
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True, application_name="jobcast-py-listen")
-                async with conn:
-                    await conn.execute(f"listen {JOBS_CHANNEL}")
-                    await conn.execute(f"listen {CANCEL_CHANNEL}")
-                    backoff = 0.1
-                    self._wake.set()  # catch up on what was missed while disconnected
-                    async for notify in conn.notifies():
-                        if notify.channel == CANCEL_CHANNEL:
-                            self._cancel(notify.payload)
-                        elif notify.payload in self.queues:
-                            self._wake.set()
-            except psycopg.Error as e:
-                log.warning("LISTEN connection lost; reconnecting in %.1f s: %s", backoff, e)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+    def _held(self) -> List[Tuple[int, int]]:
+        return [(a.job_id, a.attempt) for a in list(self._running.values())]
 
-    def _cancel(self, payload: str) -> None:
-        try:
-            attempt = self._running.get(int(payload))
-        except ValueError:
-            return
+    def _cancel(self, job_id: int) -> None:
+        attempt = self._running.get(job_id)
         if attempt is not None:
-            log.info("job %s: cancel requested", attempt.job_id)
+            log.info("job %s: cancel requested", job_id)
             attempt.cancelled = True
             attempt.interrupt()
 
-    async def _heartbeat_loop(self) -> None:
-        """Extends every running attempt's lease; an attempt missing from the answer was
-        cancelled or taken away, and its handler is stopped."""
-        connector = Connector(self.database_url, "jobcast-py-heartbeat")
-        every = max(self.lease_secs / 3.0, 0.1)
-        try:
-            while True:
-                await asyncio.sleep(every)
-                held = [(a.job_id, a.attempt) for a in list(self._running.values())]
-                if not held:
-                    continue
-                try:
-                    conn = await connector.get()
-                    async with conn.cursor() as cur:
-                        await cur.execute(
-                            "select job_id from jobcast.heartbeat_jobs("
-                            "%s, %s::bigint[], %s::integer[], %s)",
-                            (self.worker_id, [h[0] for h in held], [h[1] for h in held],
-                             self.lease_secs))
-                        still_held = {row[0] for row in await cur.fetchall()}
-                except psycopg.Error as e:
-                    log.warning("heartbeat failed: %s", e)
-                    await connector.reset()
-                    continue
-                for job_id, number in held:
-                    attempt = self._running.get(job_id)
-                    if job_id not in still_held and attempt is not None \
-                            and attempt.attempt == number:
-                        log.info("job %s attempt %d: lease lost; stopping its handler",
-                                 job_id, number)
-                        attempt.cancelled = True
-                        attempt.interrupt()
-        finally:
-            await connector.close()
-
-    async def _maintenance_loop(self) -> None:
-        """Takes back attempts whose lease ran out (any worker's), like the Rust worker's
-        maintenance, and prunes finished jobs past ``retention_days``."""
-        connector = Connector(self.database_url, "jobcast-py-maintenance")
-        reclaim_every = min(max(self.lease_secs / 2.0, 0.25), 5.0)
-        since_prune = PRUNE_EVERY
-        try:
-            while True:
-                try:
-                    conn = await connector.get()
-                    while True:
-                        cur = await conn.execute(
-                            "select jobcast.reclaim_expired_leases(%s, %s)",
-                            (self.retry_base_ms, MAINTENANCE_BATCH))
-                        row = await cur.fetchone()
-                        reclaimed = row[0] if row else 0
-                        if reclaimed:
-                            log.warning("took back %d jobs whose lease expired", reclaimed)
-                        if reclaimed < MAINTENANCE_BATCH:
-                            break
-                    if self.retention_days > 0 and since_prune >= PRUNE_EVERY:
-                        since_prune = 0.0
-                        await conn.execute(
-                            "select jobcast.prune_finished_jobs("
-                            "make_interval(secs => %s::float8 * 86400), %s)",
-                            (self.retention_days, MAINTENANCE_BATCH))
-                except psycopg.Error as e:
-                    log.warning("maintenance failed: %s", e)
-                    await connector.reset()
-                await asyncio.sleep(reclaim_every)
-                since_prune += reclaim_every
-        finally:
-            await connector.close()
+    def _lost(self, job_id: int, number: int) -> None:
+        attempt = self._running.get(job_id)
+        if attempt is not None and attempt.attempt == number:
+            log.info("job %s attempt %d: lease lost; stopping its handler", job_id, number)
+            attempt.cancelled = True
+            attempt.interrupt()
