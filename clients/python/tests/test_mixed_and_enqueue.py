@@ -103,3 +103,21 @@ def test_a_key_used_by_enqueue_is_a_replay_over_http_with_the_same_body(procs):
             client.submit("report", {"rows": 6}, idempotency_key="invoice-9")
         assert conflict.value.status_code == 409
     assert procs.db.scalar("select count(*) from jobcast.jobs") == 1
+
+
+def test_enqueue_async_joins_the_callers_transaction(db):
+    import asyncio
+
+    from jobcast import enqueue_async
+
+    async def scenario():
+        async with await psycopg.AsyncConnection.connect(db.url) as app:
+            async with app.transaction(force_rollback=True):
+                await enqueue_async(app, "report.build", {"n": 1})
+            async with app.transaction():
+                return await enqueue_async(app, "report.build", {"n": 2}, max_attempts=1)
+
+    job = asyncio.run(scenario())
+    assert db.query("select id::text, args, max_attempts from jobcast.jobs") == [
+        (job["id"], {"n": 2}, 1)]
+    assert db.query("select type from jobcast.events") == [("queued",)]
