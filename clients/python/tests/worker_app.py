@@ -76,6 +76,11 @@ def fatal(ctx, args):
     raise Fatal("bad input: no such report")
 
 
+@worker.handler("py.nul_result")
+async def nul_result(ctx, args):
+    return {"text": "a\x00b"}  # JSON can say it; PostgreSQL's jsonb cannot store it
+
+
 @worker.handler("py.hang")
 async def hang(ctx, args):
     if ctx.attempt <= args.get("hang_attempts", 1):

@@ -5,7 +5,15 @@ PostgreSQL transaction. See docs/protocol.md for the protocol underneath."""
 from .client import TERMINAL_EVENTS, AsyncClient, Client, Event, Job, job_spec
 from .context import AsyncContext, Context
 from .enqueue import enqueue, enqueue_async
-from .errors import APIError, Cancelled, Fatal, JobcastError, Retry, TransportError
+from .errors import (
+    APIError,
+    Cancelled,
+    Fatal,
+    JobcastError,
+    Retry,
+    TransportError,
+    WriteFailed,
+)
 from .worker import Worker, retry_delay_ms
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "TERMINAL_EVENTS",
     "TransportError",
     "Worker",
+    "WriteFailed",
     "enqueue",
     "enqueue_async",
     "job_spec",

@@ -1,7 +1,12 @@
 """Group commit for one Python worker, like the Rust worker's: every event, completion,
 failure and release of all running attempts goes through one queue; while one transaction
 is being written the next ops pile up and go out together. Each op is told whether it was
-accepted (false: the attempt no longer holds the job — fencing)."""
+accepted (false: the attempt no longer holds the job — fencing), or why PostgreSQL refused
+it (:class:`WriteFailed`).
+
+Where the database has the `jobcast.worker_writes` ledger, each transaction first records
+its batch id there: a batch retried after a lost connection (whose COMMIT may have gone
+through) finds its earlier outcome instead of writing its events twice."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ._db import Connector
+from .errors import WriteFailed
 
 log = logging.getLogger("jobcast.worker")
 
@@ -59,6 +65,9 @@ class ReleaseOp:
 
 
 Op = Union[EventOp, CompleteOp, FailOp, ReleaseOp]
+
+
+
 _Queued = Tuple[Op, "asyncio.Future[bool]"]
 
 
@@ -71,13 +80,16 @@ class Writer:
         self._queue: "asyncio.Queue[Optional[_Queued]]" = asyncio.Queue()
         self._give_up = asyncio.Event()
         self._task: Optional["asyncio.Task[None]"] = None
+        self._batches = 0
+        self._ledger: Optional[bool] = None  # whether jobcast.worker_writes exists
 
     def start(self) -> None:
         """Starts writing (on the running loop)."""
         self._task = asyncio.ensure_future(self._run())
 
     async def submit(self, op: Op) -> bool:
-        """Queues ``op``; true once committed, false if it was refused."""
+        """Queues ``op``; true once committed, false if it was refused (fencing). Raises
+        WriteFailed when PostgreSQL rejected the op itself."""
         future: "asyncio.Future[bool]" = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op, future))
         return await future
@@ -113,33 +125,36 @@ class Writer:
                 else:
                     batch.append(item)
             if batch:
-                await self._write_until_done(batch)
+                self._batches += 1
+                await self._write_until_done(batch, f"{self._worker_id}/{self._batches}")
         await self._connector.close()
 
-    async def _write_until_done(self, batch: List[_Queued]) -> None:
+    async def _write_until_done(self, batch: List[_Queued], batch_id: str) -> None:
         """Retries while the database is unreachable: an op a handler was told nothing
         about yet must not be lost."""
         backoff = 0.05
         while True:
             try:
-                accepted = await self._write(batch)
+                accepted = await self._write(batch, batch_id)
             except psycopg.OperationalError as e:
                 log.warning("cannot write job updates; retrying in %.2f s: %s", backoff, e)
                 await self._connector.reset()
             except psycopg.Error as e:
-                # One bad op must not sink the others: write them one by one.
-                log.error("batch write failed (%s); writing %d ops one by one", e, len(batch))
                 if len(batch) > 1:
-                    for queued in batch:
-                        await self._write_until_done([queued])
+                    # One bad op must not sink the others: write them one by one.
+                    log.warning("batch write failed (%s); writing %d ops one by one",
+                                e, len(batch))
+                    for n, queued in enumerate(batch):
+                        await self._write_until_done([queued], f"{batch_id}.{n}")
                 else:
-                    _reply(batch, [False])
+                    log.warning("PostgreSQL refused a job update: %s", e)
+                    _fail(batch, _describe(e))
                 return
             else:
                 _reply(batch, accepted)
                 return
             if self._give_up.is_set():
-                _reply(batch, [False] * len(batch))
+                _fail(batch, "the database stayed unreachable while the worker stopped")
                 return
             try:
                 await asyncio.wait_for(self._give_up.wait(), backoff)
@@ -147,9 +162,14 @@ class Writer:
                 pass
             backoff = min(backoff * 2, 2.0)
 
-    async def _write(self, batch: List[_Queued]) -> List[bool]:
-        """One transaction: events, then completions, failures and releases."""
+    async def _write(self, batch: List[_Queued], batch_id: str) -> List[bool]:
+        """One transaction: the batch id (where there is a ledger), then events,
+        completions, failures and releases. Returns, per op, whether it was accepted."""
         conn = await self._connector.get()
+        if self._ledger is None:
+            cur = await conn.execute("select to_regclass('jobcast.worker_writes') is not null")
+            row = await cur.fetchone()
+            self._ledger = bool(row and row[0])
         accepted = [False] * len(batch)
         events: List[Dict[str, Any]] = []
         event_positions: List[int] = []
@@ -172,6 +192,16 @@ class Writer:
         worker = self._worker_id
         async with conn.transaction():
             async with conn.cursor() as cur:
+                if self._ledger:
+                    # Taken first: a retry whose earlier try is still committing waits here.
+                    await cur.execute("insert into jobcast.worker_writes (id) values (%s)"
+                                      " on conflict (id) do nothing", (batch_id,))
+                    if cur.rowcount == 0:
+                        await cur.execute("select accepted from jobcast.worker_writes"
+                                          " where id = %s", (batch_id,))
+                        row = await cur.fetchone()
+                        log.info("batch %s: a retried write had already committed", batch_id)
+                        return list(row[0]) if row and row[0] else [False] * len(batch)
                 if events:
                     await cur.execute("select idx from jobcast.record_events(%s, %s)",
                                       (worker, Jsonb(events)))
@@ -196,7 +226,26 @@ class Writer:
                     released = {row[0] for row in await cur.fetchall()}
                     for position, job_id, _ in releases:
                         accepted[position] = job_id in released
+                if self._ledger:
+                    await cur.execute("update jobcast.worker_writes set accepted = %s"
+                                      " where id = %s", (accepted, batch_id))
         return accepted
+
+
+def _fail(batch: List[_Queued], reason: str) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(WriteFailed(reason))
+
+
+def _describe(error: psycopg.Error) -> str:
+    diag = error.diag
+    text = diag.message_primary or str(error)
+    if diag.sqlstate:
+        text += f" (SQLSTATE {diag.sqlstate})"
+    if diag.message_detail:
+        text += f": {diag.message_detail}"
+    return text
 
 
 def _reply(batch: List[_Queued], accepted: List[bool]) -> None:

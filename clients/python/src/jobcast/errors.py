@@ -50,3 +50,14 @@ class Fatal(JobcastError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class WriteFailed(JobcastError):
+    """PostgreSQL refused a write itself (not fencing): e.g. a NUL character in JSON text.
+
+    Raised by ``ctx.progress``/``ctx.emit``; ``reason`` is PostgreSQL's message.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"PostgreSQL refused the write: {reason}")
+        self.reason = reason

@@ -36,7 +36,7 @@ from . import _duties
 from ._db import Connector
 from ._writer import CompleteOp, EventOp, FailOp, ReleaseOp, Writer
 from .context import AsyncContext, Context
-from .errors import Cancelled, Fatal, Retry
+from .errors import Cancelled, Fatal, Retry, WriteFailed
 
 log = logging.getLogger("jobcast.worker")
 
@@ -439,13 +439,40 @@ class Worker:
             log.warning("job %s attempt %d failed: %r", job_id, number, value)
             op = failure({"message": str(value) or type(value).__name__,
                           "exception": type(value).__name__}, True)
-        recorded = await self._writer.submit(op)
+        try:
+            recorded = await self._writer.submit(op)
+        except WriteFailed as e:
+            op = self._refused_outcome(op, e, failure)
+            if op is None:
+                return
+            try:
+                recorded = await self._writer.submit(op)
+            except WriteFailed as again:
+                log.error("job %s attempt %d: cannot record its failure: %s", job_id, number,
+                          again.reason)
+                return
         if recorded and isinstance(op, FailOp) and op.retryable and self._loop is not None:
             # The retry is due in delay_ms: claim it then rather than at the next poll.
             self._loop.call_later(op.delay_ms / 1000.0, self._wake.set)
         if not recorded:
             log.info("job %s attempt %d: outcome refused (cancelled or lease taken)",
                      job_id, number)
+
+    @staticmethod
+    def _refused_outcome(op: Any, error: WriteFailed,
+                         failure: Callable[..., FailOp]) -> Optional[FailOp]:
+        """PostgreSQL refused an outcome itself (say, a NUL character in the result): the
+        attempt fails with the reason instead (a refused result: without retry)."""
+        if isinstance(op, ReleaseOp):
+            log.warning("job %s: hand-back refused: %s", op.job_id, error.reason)
+            return None
+        retryable = isinstance(op, FailOp) and op.retryable
+        what = "result" if isinstance(op, CompleteOp) else "error"
+        details: Dict[str, Any] = {
+            "message": f"PostgreSQL refused the attempt's {what}: {error.reason}"}
+        if not retryable:
+            details["fatal"] = True
+        return failure(details, retryable)
 
     # -- what the background duties report --------------------------------------------
 
