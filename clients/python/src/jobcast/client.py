@@ -39,6 +39,9 @@ STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
 MAX_RECONNECT_WAIT = 5.0
 
 RunAt = Union[datetime, str]
+#: Every POST is JSON, even without a body (the server refuses others: a foreign page can
+#: send a form or text/plain POST without a CORS preflight).
+_JSON_POST = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,8 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         """Cancels a queued or running job; APIError 409 when it has already ended."""
-        return Job.from_json(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+        response = self._request("POST", f"/v1/jobs/{job_id}/cancel", headers=_JSON_POST)
+        return Job.from_json(response.json())
 
     def follow(
         self,
@@ -384,7 +388,8 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> Job:
         """See :meth:`Client.cancel`."""
-        return Job.from_json((await self._request("POST", f"/v1/jobs/{job_id}/cancel")).json())
+        response = await self._request("POST", f"/v1/jobs/{job_id}/cancel", headers=_JSON_POST)
+        return Job.from_json(response.json())
 
     async def follow(
         self,
