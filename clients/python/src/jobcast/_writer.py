@@ -81,6 +81,7 @@ class Writer:
         self._give_up = asyncio.Event()
         self._task: Optional["asyncio.Task[None]"] = None
         self._batches = 0
+        self._closing = False
         self._ledger: Optional[bool] = None  # whether jobcast.worker_writes exists
 
     def start(self) -> None:
@@ -90,6 +91,8 @@ class Writer:
     async def submit(self, op: Op) -> bool:
         """Queues ``op``; true once committed, false if it was refused (fencing). Raises
         WriteFailed when PostgreSQL rejected the op itself."""
+        if self._closing:
+            raise WriteFailed("the worker has stopped writing")
         future: "asyncio.Future[bool]" = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op, future))
         return await future
@@ -97,6 +100,7 @@ class Writer:
     async def close(self, timeout: float) -> None:
         """Writes what is queued and stops; after ``timeout`` s of an unreachable database,
         refuses what is left."""
+        self._closing = True
         self._queue.put_nowait(None)
         if self._task is None:
             return
