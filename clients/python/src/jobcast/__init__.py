@@ -1,0 +1,40 @@
+"""jobcast for Python: producers over the HTTP API (:class:`Client`, :class:`AsyncClient`),
+workers over the SQL protocol (:class:`Worker`), and :func:`enqueue` inside your own
+PostgreSQL transaction. See docs/protocol.md for the protocol underneath."""
+
+from .client import TERMINAL_EVENTS, AsyncClient, Client, Event, Job, job_spec
+from .context import AsyncContext, Context
+from .enqueue import enqueue, enqueue_async
+from .errors import (
+    APIError,
+    Cancelled,
+    Fatal,
+    JobcastError,
+    Retry,
+    TransportError,
+    WriteFailed,
+)
+from .worker import Worker, retry_delay_ms
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "AsyncContext",
+    "Cancelled",
+    "Client",
+    "Context",
+    "Event",
+    "Fatal",
+    "Job",
+    "JobcastError",
+    "Retry",
+    "TERMINAL_EVENTS",
+    "TransportError",
+    "Worker",
+    "WriteFailed",
+    "enqueue",
+    "enqueue_async",
+    "job_spec",
+    "retry_delay_ms",
+]
+__version__ = "0.1.0"
