@@ -105,7 +105,7 @@ impl Registry {
             .and_then(|program| Reaper::start(&program));
         let mut registry = self;
         for command in commands {
-            tracing::info!(kind = %command.kind, command = %command.command, "exec handler");
+            tracing::info!(kind = %command.kind, command = ?command.command, "exec handler");
             let handler = ExecHandler {
                 kind: command.kind.clone(),
                 command: command.command.into(),
@@ -231,7 +231,7 @@ impl Attempt {
                     }
                     match message(&line) {
                         Message::Event(event) => {
-                            let _ = permit.send(ctx.writer.queue_event(job_id, ctx.attempt, event));
+                            permit.send(ctx.writer.queue_event(job_id, ctx.attempt, event));
                         }
                         Message::Result(result) => said.result = Some(result),
                         Message::Error(message, retry) => said.error = Some((message, retry)),

@@ -7,6 +7,7 @@ mod common;
 mod cancel;
 mod cli;
 mod dev;
+mod exec;
 mod firehose;
 mod idempotency;
 mod operations;

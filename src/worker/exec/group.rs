@@ -79,12 +79,9 @@ impl Group {
                 reaper.send('-', pgid);
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(escalate);
-            }
-            // No runtime (the process is ending): the reaper finishes the job.
-            Err(_) => {}
+        // Without a runtime (the process is ending) the reaper finishes the job.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(escalate);
         }
     }
 }
