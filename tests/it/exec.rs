@@ -531,3 +531,72 @@ async fn exec_commands_add_up_from_the_flag_and_jobcast_exec_and_bad_ones_stop_t
         assert!(stderr.contains("--exec"), "{stderr}");
     }
 }
+
+/// Runs `count` jobs of `kind` through the worker; (jobs/s, mean ms from start to finish).
+async fn drain_rate(db: &TestDb, server: &str, kind: &str, count: usize) -> (f64, f64) {
+    let client = db.client().await;
+    let specs: Vec<Value> = (0..count).map(|_| json!({"kind": kind})).collect();
+    let started = Instant::now();
+    submit_batch_ok(server, specs).await;
+    eventually("every job to succeed", Duration::from_secs(120), || async {
+        let row = client
+            .query_one(
+                "select count(*) from jobcast.jobs where kind = $1 and status = 'succeeded'",
+                &[&kind],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) == count as i64).then_some(())
+    })
+    .await;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let row = client
+        .query_one(
+            "select (avg(extract(epoch from finished_at - started_at)) * 1000)::float8 \
+               from jobcast.jobs where kind = $1",
+            &[&kind],
+        )
+        .await
+        .unwrap();
+    (rate, row.get(0))
+}
+
+#[tokio::test]
+async fn exec_overhead_per_job_spawn_and_commit() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let _work = exec_worker(&db, &[("noop", "true")], &[]);
+    let (builtin_rate, builtin_ms) = drain_rate(&db, serve.url(), "demo.echo", 500).await;
+    let (exec_rate, exec_ms) = drain_rate(&db, serve.url(), "noop", 500).await;
+    println!(
+        "500 jobs, concurrency 8: demo.echo {builtin_rate:.0} jobs/s ({builtin_ms:.1} ms start-to-finish); \
+         --exec true {exec_rate:.0} jobs/s ({exec_ms:.1} ms start-to-finish; {:.2} ms of wall time per job)",
+        1000.0 / exec_rate
+    );
+    assert!(exec_rate > 10.0, "{exec_rate:.1} exec jobs/s");
+}
+
+#[tokio::test]
+async fn dev_runs_exec_handlers_too() {
+    let db = TestDb::new().await;
+    let mut command = std::process::Command::new(BIN);
+    command.args([
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db.url,
+        "--grace-secs",
+        "1",
+        "--exec",
+        r#"hello=read -r args; echo "{\"progress\": 50}"; echo "{\"result\": $args}""#,
+    ]);
+    let dev = Proc::spawn(command, "dev", true);
+    let id = submit_ok(dev.url(), json!({"kind": "hello", "args": {"name": "dev"}})).await;
+    let events = events_of(dev.url(), &id).await;
+    assert_eq!(
+        types(&events),
+        ["queued", "started", "progress", "succeeded"]
+    );
+    assert_eq!(events[3].data["result"], json!({"name": "dev"}));
+}
