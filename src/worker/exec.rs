@@ -26,8 +26,9 @@ use group::{Group, Reaper};
 
 /// The variable that adds `KIND=COMMAND` lines to the `--exec` flags.
 pub const EXEC_ENV: &str = "JOBCAST_EXEC";
-/// Events of one attempt queued but not yet answered by the writer (about one group commit).
-pub const MAX_PENDING_EVENTS: usize = 1_000;
+/// Events of one attempt queued but not yet answered by the writer: enough for large group
+/// commits, few enough that other jobs' events wait for at most one such commit.
+pub const MAX_PENDING_EVENTS: usize = 512;
 /// The longest stdout line read as a message; longer lines are logged as cut and skipped.
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// How much of stderr is kept for `error.stderr`.

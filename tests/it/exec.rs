@@ -431,7 +431,7 @@ async fn a_flood_of_100k_lines_becomes_100k_events_in_order_while_other_jobs_kee
         "{commits} commits: events are not batched"
     );
     assert!(
-        steady_took < Duration::from_secs(4),
+        steady_took < Duration::from_secs(6),
         "a 1 s job took {steady_took:?} beside the flood"
     );
 }
