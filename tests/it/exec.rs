@@ -93,6 +93,10 @@ async fn exec_job_reads_its_args_and_environment_and_succeeds_with_its_result() 
                 r#"sleep 0.2; echo '{"result": "ignored stdin"}'"#,
             ),
             ("no.result", "true"),
+            (
+                "noisy",
+                r#"yes 'a line on stderr' | head -n 1000000 >&2; echo '{"result": "done"}'"#,
+            ),
         ],
         &["--queues", "default,reports"],
     );
@@ -120,6 +124,11 @@ async fn exec_job_reads_its_args_and_environment_and_succeeds_with_its_result() 
     assert_eq!(job["result"], Value::Null);
     let job = wait_for_status(serve.url(), &builtin, "succeeded", T).await;
     assert_eq!(job["result"], json!([1]));
+
+    // 18 MB of stderr is read as it comes (only its tail is kept).
+    let noisy = submit_ok(serve.url(), json!({"kind": "noisy"})).await;
+    let job = wait_for_status(serve.url(), &noisy, "succeeded", T).await;
+    assert_eq!(job["result"], "done");
 }
 
 #[tokio::test]
@@ -316,6 +325,55 @@ async fn cancel_stops_the_whole_process_group_within_a_second() {
     println!("process group gone {took:?} after the cancel");
     let events = events_of(serve.url(), &id).await;
     assert_eq!(types(&events).last(), Some(&"cancelled"));
+}
+
+/// Takes the job away from its worker, as another worker reclaiming an expired lease would.
+async fn steal(db: &TestDb, id: &str) {
+    let id: i64 = id.parse().unwrap();
+    let updated = db
+        .client()
+        .await
+        .execute(
+            "update jobcast.jobs set worker = 'another-worker' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+}
+
+#[tokio::test]
+async fn a_lost_lease_or_a_refused_write_stops_the_process_group() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let dir = scratch_dir();
+    let quiet = format!(
+        "PIDS={}/quiet; mkdir -p $PIDS; {SPAWNS_GRANDCHILD}",
+        dir.display()
+    );
+    let chatty = format!(
+        r#"echo $$ > {}/chatty; while :; do echo '{{"progress": 1}}'; sleep 0.05; done"#,
+        dir.display()
+    );
+    // Heartbeats every second: the quiet job learns of its lost lease from one.
+    let _quiet_worker = exec_worker(&db, &[("quiet", &quiet)], &["--lease-secs", "3"]);
+    let id = submit_ok(serve.url(), json!({"kind": "quiet"})).await;
+    wait_for_event(serve.url(), &id, "progress").await;
+    let pids = [
+        read_pid(&dir.join("quiet/child")).unwrap(),
+        read_pid(&dir.join("quiet/grandchild")).unwrap(),
+    ];
+    steal(&db, &id).await;
+    wait_pids_gone(&pids, Duration::from_secs(3)).await;
+
+    // Heartbeats every 10 s: only the refused write can stop the chatty job within 1 s.
+    let _chatty_worker = exec_worker(&db, &[("chatty", &chatty)], &["--lease-secs", "30"]);
+    let id = submit_ok(serve.url(), json!({"kind": "chatty"})).await;
+    wait_for_event(serve.url(), &id, "progress").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = read_pid(&dir.join("chatty")).unwrap();
+    steal(&db, &id).await;
+    wait_pids_gone(&[pid], Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
