@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Handler, HandlerError, JobContext, Registry};
-use crate::job::{is_custom_event_type, is_name};
+use crate::job::{is_custom_event_type, is_name, JobId};
 
 mod group;
 
@@ -149,13 +149,6 @@ enum Stop {
     Violation(String),
 }
 
-/// What the child said on stdout.
-#[derive(Default)]
-struct Said {
-    result: Option<Value>,
-    error: Option<(String, bool)>,
-}
-
 /// One stdout message.
 enum Message {
     Event(Value),
@@ -165,25 +158,26 @@ enum Message {
     Other,
 }
 
+/// What one attempt's loop has learnt so far.
+struct Run {
+    job_id: JobId,
+    group: Option<Group>,
+    stop: Option<Stop>,
+    /// The last `result` printed.
+    result: Option<Value>,
+    /// The last `error` printed, and whether it may be retried.
+    error: Option<(String, bool)>,
+    /// Inside a stdout line longer than [`MAX_MESSAGE_BYTES`].
+    skipping_long_line: bool,
+}
+
 impl Attempt {
     async fn run(self, ctx: JobContext, args: Value) -> Result<Value, HandlerError> {
-        let mut child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&*self.command)
-            .env("JOBCAST_JOB_ID", ctx.job_id().to_string())
-            .env("JOBCAST_ATTEMPT", ctx.attempt().to_string())
-            .env("JOBCAST_KIND", &self.kind)
-            .env("JOBCAST_QUEUE", ctx.queue())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HandlerError::retryable(format!("cannot start /bin/sh: {e}")))?;
-        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-        let mut group = pgid.map(|pgid| Group::new(pgid, self.reaper.clone()));
+        let mut child = self.spawn(&ctx)?;
         let job_id = ctx.job_id();
-
+        let group = child
+            .id()
+            .map(|id| Group::new(Pid::from_raw(id as i32), self.reaper.clone()));
         let _stdin = AbortOnDrop(tokio::spawn(feed_stdin(child.stdin.take(), args)));
         let tail = Arc::new(Mutex::new(Vec::new()));
         let stderr = AbortOnDrop(tokio::spawn(read_stderr(
@@ -195,11 +189,16 @@ impl Attempt {
         let refused = CancellationToken::new();
         let confirmer = AbortOnDrop(tokio::spawn(confirm(answers, refused.clone())));
         let mut stdout = child.stdout.take().map(|s| Lines::new(BufReader::new(s)));
+        let mut run = Run {
+            job_id,
+            group,
+            stop: None,
+            result: None,
+            error: None,
+            skipping_long_line: false,
+        };
 
-        let mut said = Said::default();
-        let mut stop: Option<Stop> = None;
         let mut status = None;
-        let mut skipping_long_line = false;
         let mut output_deadline = None;
         while status.is_none() || stdout.is_some() {
             let output_over = async {
@@ -209,53 +208,29 @@ impl Attempt {
                 }
             };
             tokio::select! {
-                read = next_with_permit(&pending, stdout.as_mut()), if stdout.is_some() => {
-                    let Some((permit, piece)) = read else {
-                        // The answers are no longer read: an event was refused.
-                        stop_once(&mut stop, &mut group, Stop::Refused);
-                        stdout = None;
-                        continue;
-                    };
-                    let Some((line, ends_line)) = piece else {
-                        stdout = None;
-                        continue;
-                    };
-                    let long = std::mem::replace(&mut skipping_long_line, !ends_line);
-                    if long || !ends_line {
-                        if !long {
-                            tracing::warn!(%job_id, "stdout line over {MAX_MESSAGE_BYTES} bytes skipped");
-                        }
-                        continue;
-                    }
-                    if stop.is_some() {
-                        continue;
-                    }
-                    match message(&line) {
-                        Message::Event(event) => {
+                read = next_with_permit(&pending, stdout.as_mut()), if stdout.is_some() => match read {
+                    Some((permit, Some((piece, ends_line)))) => {
+                        if let Some(event) = run.on_stdout(&piece, ends_line) {
                             permit.send(ctx.writer.queue_event(job_id, ctx.attempt, event));
                         }
-                        Message::Result(result) => said.result = Some(result),
-                        Message::Error(message, retry) => said.error = Some((message, retry)),
-                        Message::Violation(why) => stop_once(&mut stop, &mut group, Stop::Violation(why)),
-                        Message::Other => {
-                            tracing::info!(%job_id, stream = "stdout", "{}", String::from_utf8_lossy(&line));
-                        }
                     }
-                }
+                    Some((_, None)) => stdout = None,
+                    // The answers are no longer read: an event was refused.
+                    None => {
+                        run.stop(Stop::Refused);
+                        stdout = None;
+                    }
+                },
                 exited = child.wait(), if status.is_none() => {
                     status = Some(exited);
                     // Whatever the child left in its group goes with it.
-                    if let Some(group) = group.as_mut() {
+                    if let Some(group) = run.group.as_mut() {
                         group.stop();
                     }
                     output_deadline = Some(tokio::time::Instant::now() + OUTPUT_AFTER_EXIT);
                 }
-                _ = ctx.cancel.cancelled(), if stop.is_none() => {
-                    stop_once(&mut stop, &mut group, Stop::Cancelled);
-                }
-                _ = refused.cancelled(), if stop.is_none() => {
-                    stop_once(&mut stop, &mut group, Stop::Refused);
-                }
+                _ = ctx.cancel.cancelled(), if run.stop.is_none() => run.stop(Stop::Cancelled),
+                _ = refused.cancelled(), if run.stop.is_none() => run.stop(Stop::Refused),
                 _ = output_over => {
                     tracing::warn!(%job_id, "the command exited but something it started keeps stdout open; not reading it any more");
                     stdout = None;
@@ -266,45 +241,93 @@ impl Attempt {
         let all_accepted = confirmer.join().await.unwrap_or(false);
         let _ = tokio::time::timeout(Duration::from_secs(1), stderr.join()).await;
         let stderr_tail = tail_text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
+        if run.stop.is_none() && !all_accepted {
+            run.stop = Some(Stop::Refused);
+        }
+        let outcome = run.outcome(status.and_then(Result::ok), &stderr_tail);
+        if matches!(outcome, Err(HandlerError::Cancelled)) {
+            // As for a refused write of a built-in handler: nothing more is recorded.
+            ctx.cancel.cancel();
+        }
+        outcome
+    }
 
-        let status = status.and_then(Result::ok);
-        match stop {
-            Some(Stop::Cancelled) => return Err(HandlerError::Cancelled),
-            Some(Stop::Refused) => {
-                ctx.cancel.cancel();
-                return Err(HandlerError::Cancelled);
-            }
-            Some(Stop::Violation(why)) => {
-                return Err(failure(why, false, status, &stderr_tail));
-            }
-            None if !all_accepted => {
-                ctx.cancel.cancel();
-                return Err(HandlerError::Cancelled);
-            }
-            None => {}
-        }
-        if let Some((message, retry)) = said.error {
-            return Err(failure(message, retry, status, &stderr_tail));
-        }
-        match status {
-            Some(status) if status.success() => Ok(said.result.unwrap_or(Value::Null)),
-            status => {
-                let how = describe_exit(status);
-                let message = match last_line(&stderr_tail) {
-                    Some(line) => format!("{how}: {line}"),
-                    None => how,
-                };
-                Err(failure(message, true, status, &stderr_tail))
-            }
-        }
+    fn spawn(&self, ctx: &JobContext) -> Result<tokio::process::Child, HandlerError> {
+        tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&*self.command)
+            .env("JOBCAST_JOB_ID", ctx.job_id().to_string())
+            .env("JOBCAST_ATTEMPT", ctx.attempt().to_string())
+            .env("JOBCAST_KIND", &self.kind)
+            .env("JOBCAST_QUEUE", ctx.queue())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HandlerError::retryable(format!("cannot start /bin/sh: {e}")))
     }
 }
 
-fn stop_once(stop: &mut Option<Stop>, group: &mut Option<Group>, why: Stop) {
-    if stop.is_none() {
-        *stop = Some(why);
-        if let Some(group) = group.as_mut() {
-            group.stop();
+impl Run {
+    /// Stops the group, once, for the first reason given.
+    fn stop(&mut self, why: Stop) {
+        if self.stop.is_none() {
+            self.stop = Some(why);
+            if let Some(group) = self.group.as_mut() {
+                group.stop();
+            }
+        }
+    }
+
+    /// Takes one piece of stdout; the event to record, if it is one.
+    fn on_stdout(&mut self, piece: &[u8], ends_line: bool) -> Option<Value> {
+        let inside_long_line = std::mem::replace(&mut self.skipping_long_line, !ends_line);
+        if inside_long_line || !ends_line {
+            if !inside_long_line {
+                tracing::warn!(job_id = %self.job_id, "stdout line over {MAX_MESSAGE_BYTES} bytes skipped");
+            }
+            return None;
+        }
+        if self.stop.is_some() {
+            return None;
+        }
+        match message(piece) {
+            Message::Event(event) => return Some(event),
+            Message::Result(result) => self.result = Some(result),
+            Message::Error(message, retry) => self.error = Some((message, retry)),
+            Message::Violation(why) => self.stop(Stop::Violation(why)),
+            Message::Other => {
+                tracing::info!(job_id = %self.job_id, stream = "stdout", "{}", String::from_utf8_lossy(piece));
+            }
+        }
+        None
+    }
+
+    /// How the attempt ended, from why it was stopped, what it printed and its exit status.
+    fn outcome(
+        self,
+        status: Option<std::process::ExitStatus>,
+        stderr: &str,
+    ) -> Result<Value, HandlerError> {
+        match self.stop {
+            Some(Stop::Cancelled | Stop::Refused) => return Err(HandlerError::Cancelled),
+            Some(Stop::Violation(why)) => return Err(failure(why, false, status, stderr)),
+            None => {}
+        }
+        if let Some((message, retry)) = self.error {
+            return Err(failure(message, retry, status, stderr));
+        }
+        match status {
+            Some(status) if status.success() => Ok(self.result.unwrap_or(Value::Null)),
+            status => {
+                let how = describe_exit(status);
+                let message = match last_line(stderr) {
+                    Some(line) => format!("{how}: {line}"),
+                    None => how,
+                };
+                Err(failure(message, true, status, stderr))
+            }
         }
     }
 }
