@@ -5,24 +5,30 @@
 //! Events are queued to the group-committing writer without waiting for each commit; a
 //! second task reads the answers in order. At most [`MAX_PENDING_EVENTS`] wait per attempt:
 //! beyond that stdout is not read, which blocks the child, never the worker.
+//!
+//! `group` stops process groups (and runs the reaper), `output` handles the pipes,
+//! `protocol` reads the messages and builds the `error` object.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use nix::unistd::Pid;
-use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStderr, ChildStdin};
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Handler, HandlerError, JobContext, Registry};
-use crate::job::{is_custom_event_type, is_name, JobId};
+use crate::job::{is_name, JobId};
 
 mod group;
+mod output;
+mod protocol;
 
 pub use group::{reap, REAPER_SUBCOMMAND};
 use group::{Group, Reaper};
+use output::{feed_stdin, last_line, read_stderr, tail_text, Lines};
+use protocol::{describe_exit, failure, message, Message};
 
 /// The variable that adds `KIND=COMMAND` lines to the `--exec` flags.
 pub const EXEC_ENV: &str = "JOBCAST_EXEC";
@@ -31,10 +37,6 @@ pub const EXEC_ENV: &str = "JOBCAST_EXEC";
 pub const MAX_PENDING_EVENTS: usize = 512;
 /// The longest stdout line read as a message; longer lines are logged as cut and skipped.
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
-/// How much of stderr is kept for `error.stderr`.
-const STDERR_TAIL_BYTES: usize = 4096;
-/// Stderr lines copied to the worker's log per attempt (all of it stays readable, in the tail).
-const MAX_LOGGED_STDERR_LINES: usize = 1_000;
 /// After the direct child exited: how long its group may keep stdout open.
 const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(11);
 
@@ -149,15 +151,6 @@ enum Stop {
     Violation(String),
 }
 
-/// One stdout message.
-enum Message {
-    Event(Value),
-    Result(Value),
-    Error(String, bool),
-    Violation(String),
-    Other,
-}
-
 /// What one attempt's loop has learnt so far.
 struct Run {
     job_id: JobId,
@@ -188,7 +181,10 @@ impl Attempt {
         let (pending, answers) = mpsc::channel(MAX_PENDING_EVENTS);
         let refused = CancellationToken::new();
         let confirmer = AbortOnDrop(tokio::spawn(confirm(answers, refused.clone())));
-        let mut stdout = child.stdout.take().map(|s| Lines::new(BufReader::new(s)));
+        let mut stdout = child
+            .stdout
+            .take()
+            .map(|s| Lines::new(BufReader::new(s), MAX_MESSAGE_BYTES));
         let mut run = Run {
             job_id,
             group,
@@ -363,195 +359,6 @@ async fn confirm(
     true
 }
 
-/// Parses one complete stdout line.
-fn message(line: &[u8]) -> Message {
-    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
-        return Message::Other;
-    };
-    let data = object.remove("data").unwrap_or(Value::Null);
-    if let Some(progress) = object.get("progress") {
-        let Some(percent) = progress.as_f64().filter(|p| (0.0..=100.0).contains(p)) else {
-            return Message::Violation(format!("progress {progress} is outside 0-100"));
-        };
-        let message = object.get("message").map(text).unwrap_or(Value::Null);
-        return Message::Event(json!({
-            "type": "progress", "progress": percent, "message": message, "data": data,
-        }));
-    }
-    if let Some(event_type) = object.get("event") {
-        return match event_type.as_str().filter(|t| is_custom_event_type(t)) {
-            Some(event_type) => Message::Event(json!({"type": event_type, "data": data})),
-            None => Message::Violation(format!(
-                "invalid custom event type {event_type}: ^[a-z][a-z0-9_.-]{{0,63}}$, not a built-in type"
-            )),
-        };
-    }
-    if let Some(result) = object.remove("result") {
-        return Message::Result(result);
-    }
-    if let Some(error) = object.get("error") {
-        let retry = object.get("retry") != Some(&Value::Bool(false));
-        let message = match text(error) {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        return Message::Error(message, retry);
-    }
-    Message::Other
-}
-
-/// A message as text: strings as they are, anything else as its JSON.
-fn text(value: &Value) -> Value {
-    match value {
-        Value::String(_) | Value::Null => value.clone(),
-        other => Value::String(other.to_string()),
-    }
-}
-
-fn failure(
-    message: String,
-    retryable: bool,
-    status: Option<std::process::ExitStatus>,
-    stderr: &str,
-) -> HandlerError {
-    use std::os::unix::process::ExitStatusExt;
-    let mut error = Map::new();
-    error.insert("message".into(), message.into());
-    error.insert(
-        "exit_code".into(),
-        status
-            .and_then(|s| s.code())
-            .map_or(Value::Null, Value::from),
-    );
-    if let Some(signal) = status.and_then(|s| s.signal()) {
-        error.insert("signal".into(), signal.into());
-    }
-    error.insert("stderr".into(), stderr.into());
-    if !retryable {
-        error.insert("fatal".into(), true.into());
-    }
-    HandlerError::Failed {
-        error: Value::Object(error),
-        retryable,
-    }
-}
-
-fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Some(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
-                Ok(name) => format!("killed by signal {signal} ({name})"),
-                Err(_) => format!("killed by signal {signal}"),
-            },
-            (None, None) => "ended".to_owned(),
-        },
-        None => "ended without an exit status".to_owned(),
-    }
-}
-
-fn last_line(stderr: &str) -> Option<&str> {
-    stderr.lines().rev().map(str::trim).find(|l| !l.is_empty())
-}
-
-/// The kept bytes of stderr as text (a character cut at the front is dropped).
-fn tail_text(tail: &[u8]) -> String {
-    let start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-    let mut kept = &tail[start..];
-    while let Some((first, rest)) = kept.split_first() {
-        if start == 0 || (first & 0b1100_0000) != 0b1000_0000 {
-            break;
-        }
-        kept = rest;
-    }
-    String::from_utf8_lossy(kept).into_owned()
-}
-
-/// Writes the args and closes stdin. A child that never reads blocks only this task;
-/// one that exits first makes the write fail (EPIPE), which is fine.
-async fn feed_stdin(stdin: Option<ChildStdin>, args: Value) {
-    let Some(mut stdin) = stdin else { return };
-    let mut bytes = serde_json::to_vec(&args).unwrap_or_default();
-    bytes.push(b'\n');
-    let _ = stdin.write_all(&bytes).await;
-}
-
-/// Reads stderr to its end, keeping the last [`STDERR_TAIL_BYTES`] and logging lines.
-async fn read_stderr(stderr: Option<ChildStderr>, tail: Arc<Mutex<Vec<u8>>>, job_id: String) {
-    let Some(stderr) = stderr else { return };
-    let mut lines = Lines::with_limit(BufReader::new(stderr), STDERR_TAIL_BYTES);
-    let mut logged = 0;
-    while let Ok(Some((piece, ends_line))) = lines.next().await {
-        if logged < MAX_LOGGED_STDERR_LINES {
-            tracing::info!(%job_id, stream = "stderr", "{}", String::from_utf8_lossy(&piece));
-            logged += 1;
-            if logged == MAX_LOGGED_STDERR_LINES {
-                tracing::info!(%job_id, "further stderr is not logged (its tail is kept)");
-            }
-        }
-        let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.extend_from_slice(&piece);
-        if ends_line {
-            tail.push(b'\n');
-        }
-        if tail.len() > 2 * STDERR_TAIL_BYTES {
-            let cut = tail.len() - STDERR_TAIL_BYTES;
-            tail.drain(..cut);
-        }
-    }
-}
-
-/// Splits a byte stream into lines of at most `limit` bytes; a longer line comes in pieces
-/// (`false`: the line goes on in the next piece). Cancel-safe: a partial line waits in
-/// `line` for the next call.
-struct Lines<R> {
-    reader: R,
-    line: Vec<u8>,
-    limit: usize,
-}
-
-impl<R: AsyncBufRead + Unpin> Lines<R> {
-    fn new(reader: R) -> Lines<R> {
-        Lines::with_limit(reader, MAX_MESSAGE_BYTES)
-    }
-
-    fn with_limit(reader: R, limit: usize) -> Lines<R> {
-        Lines {
-            reader,
-            line: Vec::new(),
-            limit,
-        }
-    }
-
-    /// The next piece and whether it ends a line; None at the end.
-    async fn next(&mut self) -> std::io::Result<Option<(Vec<u8>, bool)>> {
-        loop {
-            let buffer = self.reader.fill_buf().await?;
-            if buffer.is_empty() {
-                let rest = std::mem::take(&mut self.line);
-                return Ok((!rest.is_empty()).then_some((rest, true)));
-            }
-            let room = self.limit - self.line.len();
-            match buffer.iter().take(room + 1).position(|b| *b == b'\n') {
-                Some(end) => {
-                    self.line.extend_from_slice(&buffer[..end]);
-                    self.reader.consume(end + 1);
-                    return Ok(Some((std::mem::take(&mut self.line), true)));
-                }
-                None => {
-                    let taken = buffer.len().min(room);
-                    self.line.extend_from_slice(&buffer[..taken]);
-                    self.reader.consume(taken);
-                    if self.line.len() >= self.limit {
-                        return Ok(Some((std::mem::take(&mut self.line), false)));
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A task aborted when its owner is dropped (an attempt aborted on timeout leaves none).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -588,73 +395,5 @@ mod tests {
             ExecCommand::all(&twice, None),
             Err(ExecSpecError::Duplicate(_))
         ));
-    }
-
-    #[test]
-    fn reads_messages() {
-        assert!(
-            matches!(message(br#"{"progress": 50, "message": "half"}"#), Message::Event(e) if e["progress"] == 50.0 && e["message"] == "half")
-        );
-        assert!(matches!(
-            message(br#"{"progress": 101}"#),
-            Message::Violation(_)
-        ));
-        assert!(matches!(
-            message(br#"{"progress": "x"}"#),
-            Message::Violation(_)
-        ));
-        assert!(
-            matches!(message(br#"{"event": "row", "data": {"n": 1}}"#), Message::Event(e) if e["type"] == "row" && e["data"]["n"] == 1)
-        );
-        assert!(matches!(
-            message(br#"{"event": "Bad"}"#),
-            Message::Violation(_)
-        ));
-        assert!(matches!(
-            message(br#"{"event": "succeeded"}"#),
-            Message::Violation(_)
-        ));
-        assert!(matches!(message(br#"{"result": [1]}"#), Message::Result(r) if r == json!([1])));
-        assert!(
-            matches!(message(br#"{"error": "no", "retry": false}"#), Message::Error(m, false) if m == "no")
-        );
-        assert!(matches!(
-            message(br#"{"error": "no"}"#),
-            Message::Error(_, true)
-        ));
-        assert!(matches!(message(br#"{"other": 1}"#), Message::Other));
-        assert!(matches!(message(b"[1, 2]"), Message::Other));
-        assert!(matches!(message(b"hello"), Message::Other));
-    }
-
-    #[test]
-    fn keeps_the_tail_on_a_character_boundary() {
-        let mut bytes = "é".repeat(STDERR_TAIL_BYTES).into_bytes();
-        bytes.extend_from_slice(b"x");
-        let text = tail_text(&bytes);
-        assert!(text.len() <= STDERR_TAIL_BYTES);
-        assert!(text.ends_with('x') && !text.contains('\u{fffd}'));
-        assert_eq!(last_line("a\nlast one\n\n  \n"), Some("last one"));
-    }
-
-    #[tokio::test]
-    async fn splits_lines_and_cuts_long_ones_into_pieces() {
-        let input: &[u8] = b"one\n0123456789abc\n\nend";
-        let mut lines = Lines::with_limit(BufReader::new(input), 5);
-        let mut pieces = Vec::new();
-        while let Some((piece, ends)) = lines.next().await.unwrap() {
-            pieces.push((String::from_utf8(piece).unwrap(), ends));
-        }
-        let expected = [
-            ("one", true),
-            ("01234", false),
-            ("56789", false),
-            ("abc", true),
-            ("", true),
-            ("end", true),
-        ];
-        let expected: Vec<(String, bool)> =
-            expected.iter().map(|(s, e)| (s.to_string(), *e)).collect();
-        assert_eq!(pieces, expected);
     }
 }

@@ -141,7 +141,7 @@ impl Reaper {
 
 /// The reaper process: keeps the set of live groups from `+PGID` / `-PGID` lines on stdin;
 /// at EOF (the worker exited or was killed) stops every group still in it, SIGTERM then
-/// SIGKILL after [`KILL_AFTER`].
+/// SIGKILL 10 s later.
 pub fn reap() {
     let mut groups = HashSet::new();
     for line in std::io::stdin().lock().lines() {
