@@ -155,7 +155,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             let listen = db::connection_config(&url, "jobcast-work-listen")?;
             let registry = Registry::new()
                 .with_demo_handlers()
-                .with_exec_handlers(&work.exec)?;
+                .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
             worker::run(pool, listen, work, registry, shutdown::on_signal()).await;
             Ok(0)
         }
@@ -263,7 +263,7 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
     let work_listen = db::connection_config(&url, "jobcast-dev-worker-listen")?;
     let registry = Registry::new()
         .with_demo_handlers()
-        .with_exec_handlers(&work.exec)?;
+        .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
     let worker_shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::run(
         worker_pool,

@@ -8,6 +8,7 @@
 //!
 //! `group` stops process groups (and runs the reaper), `output` handles the pipes,
 //! `protocol` reads the messages and builds the `error` object.
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,17 +96,21 @@ impl ExecCommand {
 
 impl Registry {
     /// Adds a handler per `--exec` flag and `JOBCAST_EXEC` line (replacing a built-in of
-    /// the same kind). With any, starts the reaper: this executable run as
-    /// `jobcast exec-reaper`, which stops the commands' groups if the worker is killed.
-    pub fn with_exec_handlers(self, flags: &[String]) -> Result<Registry, ExecSpecError> {
+    /// the same kind). With any, starts the reaper, which stops the commands' process groups
+    /// if the worker is killed: `reaper_program` run with the argument
+    /// [`REAPER_SUBCOMMAND`], which must call [`reap`] (the `jobcast` binary does: pass
+    /// `std::env::current_exe()`). None: no reaper (a killed worker's commands run on).
+    pub fn with_exec_handlers(
+        self,
+        flags: &[String],
+        reaper_program: Option<&Path>,
+    ) -> Result<Registry, ExecSpecError> {
         let env = std::env::var(EXEC_ENV).ok();
         let commands = ExecCommand::all(flags, env.as_deref())?;
         if commands.is_empty() {
             return Ok(self);
         }
-        let reaper = std::env::current_exe()
-            .ok()
-            .and_then(|program| Reaper::start(&program));
+        let reaper = reaper_program.and_then(Reaper::start);
         let mut registry = self;
         for command in commands {
             tracing::info!(kind = %command.kind, command = ?command.command, "exec handler");

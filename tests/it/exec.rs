@@ -377,6 +377,37 @@ async fn a_lost_lease_or_a_refused_write_stops_the_process_group() {
 }
 
 #[tokio::test]
+async fn sigterm_lets_a_command_finish_within_the_grace_period_then_stops_and_hands_back() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let dir = scratch_dir();
+    let short = r#"sleep 0.5; echo '{"result": "finished in the grace period"}'"#;
+    let long = format!(
+        r#"echo $$ > {}/long; echo '{{"progress": 1}}'; sleep 300"#,
+        dir.display()
+    );
+    let mut worker = exec_worker(
+        &db,
+        &[("short", short), ("long", &long)],
+        &["--grace-secs", "1.5"],
+    );
+    let long_id = submit_ok(serve.url(), json!({"kind": "long"})).await;
+    wait_for_event(serve.url(), &long_id, "progress").await;
+    let short_id = submit_ok(serve.url(), json!({"kind": "short"})).await;
+    wait_for_status(serve.url(), &short_id, "running", T).await;
+    let pid = read_pid(&dir.join("long")).unwrap();
+
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(10)), Some(0));
+    let job = get_job(serve.url(), &short_id).await;
+    assert_eq!(job["result"], "finished in the grace period");
+    let job = get_job(serve.url(), &long_id).await;
+    assert_eq!(job["status"], "queued", "handed back: {job}");
+    assert_eq!(job["attempt"], 0, "the interrupted attempt is not counted");
+    wait_pids_gone(&[pid], Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
 async fn timeout_stops_the_command_and_fails_the_attempt() {
     let db = TestDb::new().await;
     let serve = Proc::serve(&db.url, &[]);
