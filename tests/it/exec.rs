@@ -654,7 +654,9 @@ async fn drain_rate(db: &TestDb, server: &str, kind: &str, count: usize) -> (f64
 async fn exec_overhead_per_job_spawn_and_commit() {
     let db = TestDb::new().await;
     let serve = Proc::serve(&db.url, &[]);
-    let _work = exec_worker(&db, &[("noop", "true")], &[]);
+    let _work = exec_worker(&db, &[("noop", "true"), ("warmup", "true")], &[]);
+    // Warm up (connections, prepared statements), then the same run for each.
+    drain_rate(&db, serve.url(), "warmup", 100).await;
     let (builtin_rate, builtin_ms) = drain_rate(&db, serve.url(), "demo.echo", 500).await;
     let (exec_rate, exec_ms) = drain_rate(&db, serve.url(), "noop", 500).await;
     println!(
