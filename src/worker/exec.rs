@@ -152,8 +152,30 @@ struct Attempt {
 /// Why the attempt's group was stopped before it exited by itself.
 enum Stop {
     Cancelled,
+    /// An event was refused: the attempt no longer holds the job.
     Refused,
+    /// An event could not be stored (PostgreSQL refused it, or the worker is stopping).
+    WriteFailed(String),
     Violation(String),
+}
+
+/// The writer's answer to one event (see [`answer`]).
+type Reply = bool;
+
+/// What became of one queued event.
+enum Answer {
+    Accepted,
+    Refused,
+    Failed(String),
+}
+
+/// The writer's reply in this module's terms: the one place that knows its type.
+fn answer(reply: Result<Reply, oneshot::error::RecvError>) -> Answer {
+    match reply {
+        Ok(true) => Answer::Accepted,
+        Ok(false) => Answer::Refused,
+        Err(_) => Answer::Failed("the worker is stopping".into()),
+    }
 }
 
 /// What one attempt's loop has learnt so far.
@@ -184,8 +206,8 @@ impl Attempt {
             job_id.to_string(),
         )));
         let (pending, answers) = mpsc::channel(MAX_PENDING_EVENTS);
-        let refused = CancellationToken::new();
-        let confirmer = AbortOnDrop(tokio::spawn(confirm(answers, refused.clone())));
+        let not_accepted = CancellationToken::new();
+        let confirmer = AbortOnDrop(tokio::spawn(confirm(answers, not_accepted.clone())));
         let mut stdout = child
             .stdout
             .take()
@@ -231,7 +253,8 @@ impl Attempt {
                     output_deadline = Some(tokio::time::Instant::now() + OUTPUT_AFTER_EXIT);
                 }
                 _ = ctx.cancel.cancelled(), if run.stop.is_none() => run.stop(Stop::Cancelled),
-                _ = refused.cancelled(), if run.stop.is_none() => run.stop(Stop::Refused),
+                // Refused or failed: which one, the confirmer says once it has returned.
+                _ = not_accepted.cancelled(), if run.stop.is_none() => run.stop(Stop::Refused),
                 _ = output_over => {
                     tracing::warn!(%job_id, "the command exited but something it started keeps stdout open; not reading it any more");
                     stdout = None;
@@ -239,11 +262,22 @@ impl Attempt {
             }
         }
         drop(pending);
-        let all_accepted = confirmer.join().await.unwrap_or(false);
+        let last_answer = confirmer
+            .join()
+            .await
+            .unwrap_or_else(|e| Answer::Failed(e.to_string()));
         let _ = tokio::time::timeout(Duration::from_secs(1), stderr.join()).await;
         let stderr_tail = tail_text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
-        if run.stop.is_none() && !all_accepted {
-            run.stop = Some(Stop::Refused);
+        match last_answer {
+            Answer::Accepted => {}
+            Answer::Refused => {
+                run.stop.get_or_insert(Stop::Refused);
+            }
+            Answer::Failed(reason) => {
+                if matches!(run.stop, None | Some(Stop::Refused)) {
+                    run.stop = Some(Stop::WriteFailed(reason));
+                }
+            }
         }
         let outcome = run.outcome(status.and_then(Result::ok), &stderr_tail);
         if matches!(outcome, Err(HandlerError::Cancelled)) {
@@ -314,6 +348,10 @@ impl Run {
         match self.stop {
             Some(Stop::Cancelled | Stop::Refused) => return Err(HandlerError::Cancelled),
             Some(Stop::Violation(why)) => return Err(failure(why, false, status, stderr)),
+            Some(Stop::WriteFailed(reason)) => {
+                let why = format!("an event could not be recorded: {reason}");
+                return Err(failure(why, false, status, stderr));
+            }
             None => {}
         }
         if let Some((message, retry)) = self.error {
@@ -336,10 +374,10 @@ impl Run {
 /// A place among the pending events, then the next piece of stdout. None: the writer's
 /// answers are no longer read (an event was refused). `Some((_, None))`: end of output.
 async fn next_with_permit<'a, R: AsyncBufRead + Unpin>(
-    pending: &'a mpsc::Sender<oneshot::Receiver<bool>>,
+    pending: &'a mpsc::Sender<oneshot::Receiver<Reply>>,
     stdout: Option<&mut Lines<R>>,
 ) -> Option<(
-    mpsc::Permit<'a, oneshot::Receiver<bool>>,
+    mpsc::Permit<'a, oneshot::Receiver<Reply>>,
     Option<(Vec<u8>, bool)>,
 )> {
     let permit = pending.reserve().await.ok()?;
@@ -350,18 +388,20 @@ async fn next_with_permit<'a, R: AsyncBufRead + Unpin>(
     Some((permit, piece))
 }
 
-/// Reads the writer's answers in order; cancels `refused` at the first refusal.
+/// Reads the writer's answers in order until the first that is not `Accepted`, which it
+/// signals on `not_accepted` and returns.
 async fn confirm(
-    mut answers: mpsc::Receiver<oneshot::Receiver<bool>>,
-    refused: CancellationToken,
-) -> bool {
-    while let Some(answer) = answers.recv().await {
-        if !answer.await.unwrap_or(false) {
-            refused.cancel();
-            return false;
+    mut replies: mpsc::Receiver<oneshot::Receiver<Reply>>,
+    not_accepted: CancellationToken,
+) -> Answer {
+    while let Some(reply) = replies.recv().await {
+        let answer = answer(reply.await);
+        if !matches!(answer, Answer::Accepted) {
+            not_accepted.cancel();
+            return answer;
         }
     }
-    true
+    Answer::Accepted
 }
 
 /// A task aborted when its owner is dropped (an attempt aborted on timeout leaves none).
