@@ -54,6 +54,7 @@ async fn wait_pids_gone(pids: &[i32], timeout: Duration) -> Duration {
 async fn cancel(server: &str, id: &str) {
     let response = http()
         .post(format!("{server}/v1/jobs/{id}/cancel"))
+        .header("Content-Type", "application/json")
         .send()
         .await
         .unwrap();

@@ -16,7 +16,8 @@ pub(super) fn last_line(stderr: &str) -> Option<&str> {
     stderr.lines().rev().map(str::trim).find(|l| !l.is_empty())
 }
 
-/// The kept bytes of stderr as text (a character cut at the front is dropped).
+/// The kept bytes of stderr as text (a character cut at the front is dropped; U+0000,
+/// which PostgreSQL cannot store, becomes U+FFFD).
 pub(super) fn tail_text(tail: &[u8]) -> String {
     let start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
     let mut kept = &tail[start..];
@@ -26,7 +27,7 @@ pub(super) fn tail_text(tail: &[u8]) -> String {
         }
         kept = rest;
     }
-    String::from_utf8_lossy(kept).into_owned()
+    String::from_utf8_lossy(kept).replace('\0', "\u{fffd}")
 }
 
 /// Writes the args and closes stdin. A child that never reads blocks only this task;
@@ -126,6 +127,7 @@ mod tests {
         assert!(text.len() <= STDERR_TAIL_BYTES);
         assert!(text.ends_with('x') && !text.contains('\u{fffd}'));
         assert_eq!(last_line("a\nlast one\n\n  \n"), Some("last one"));
+        assert_eq!(tail_text(b"nul\0here"), "nul\u{fffd}here");
     }
 
     #[tokio::test]

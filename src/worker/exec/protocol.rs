@@ -19,6 +19,9 @@ pub(super) fn message(line: &[u8]) -> Message {
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
         return Message::Other;
     };
+    if line.windows(6).any(|w| w == b"\\u0000") {
+        object = object.into_iter().map(|(k, v)| (k, strip_nul(v))).collect();
+    }
     let data = object.remove("data").unwrap_or(Value::Null);
     if let Some(progress) = object.get("progress") {
         let Some(percent) = progress.as_f64().filter(|p| (0.0..=100.0).contains(p)) else {
@@ -49,6 +52,20 @@ pub(super) fn message(line: &[u8]) -> Message {
         return Message::Error(message, retry);
     }
     Message::Other
+}
+
+/// PostgreSQL's text and jsonb cannot hold U+0000: strings lose it (U+FFFD instead).
+fn strip_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace('\0', "\u{fffd}")),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), strip_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// A message as text: strings as they are, anything else as its JSON.
@@ -141,5 +158,8 @@ mod tests {
         assert!(matches!(message(br#"{"other": 1}"#), Message::Other));
         assert!(matches!(message(b"[1, 2]"), Message::Other));
         assert!(matches!(message(b"hello"), Message::Other));
+        assert!(
+            matches!(message(br#"{"progress": 1, "message": "a\u0000b"}"#), Message::Event(e) if e["message"] == "a\u{fffd}b")
+        );
     }
 }
