@@ -66,6 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         retry_base_ms: 1000,
         grace_secs: 30.0,
         retention_days: 7.0,
+        exec: Vec::new(),
     };
     let pool = jobcast::db::pool(&url, "report-worker", 8)?;
     let listen = jobcast::db::connection_config(&url, "report-worker-listen")?;

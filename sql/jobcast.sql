@@ -229,56 +229,54 @@ $$;
 -- Record progress and custom events of running attempts, in order. Each element:
 -- {job_id, attempt, type, progress?, message?, data?}. Returns the index (1-based) and seq
 -- of every accepted element; an element whose attempt is no longer held by p_worker is
--- refused (fencing) and simply absent from the result.
+-- refused (fencing) and simply absent from the result. Set-based: one update per attempt
+-- however many of its events the batch holds (an `--exec` command writing thousands of
+-- lines a second lands them in a few statements, not one row update per line).
 create or replace function jobcast.record_events(p_worker text, p_events jsonb)
 returns table (idx integer, seq integer)
 language plpgsql as $$
-declare
-    e record;
-    j record;
-    extra jsonb;
-    ids bigint[] := '{}';
-    seqs integer[] := '{}';
-    types text[] := '{}';
-    datas jsonb[] := '{}';
 begin
-    for e in
+    return query
+    with input as (
         select x.ord::integer as ord, (x.v->>'job_id')::bigint as job_id,
                (x.v->>'attempt')::integer as attempt, x.v->>'type' as type,
                (x.v->>'progress')::double precision as progress, x.v->>'message' as message,
                x.v->'data' as data
           from jsonb_array_elements(p_events) with ordinality as x(v, ord)
-         order by x.ord
-    loop
-        update jobcast.jobs
-           set last_seq = last_seq + 1, updated_at = now(),
-               progress = case when e.type = 'progress' then e.progress else progress end,
-               message = case when e.type = 'progress' then e.message else message end
-         where id = e.job_id and attempt = e.attempt and worker = p_worker and status = 'running'
-        returning id, kind, queue, status, attempt, last_seq into j;
-        if found then
-            if e.type = 'progress' then
-                extra := jsonb_build_object('progress', e.progress, 'message', e.message);
-            else
-                extra := '{}'::jsonb;
-            end if;
-            if e.data is not null and e.data <> 'null'::jsonb then
-                extra := extra || jsonb_build_object('data', e.data);
-            end if;
-            ids := ids || j.id;
-            seqs := seqs || j.last_seq;
-            types := types || e.type;
-            datas := datas || jobcast.event_data(j.id, j.kind, j.queue, j.status, j.attempt,
-                                                 j.last_seq, e.type, extra);
-            idx := e.ord;
-            seq := j.last_seq;
-            return next;
-        end if;
-    end loop;
-    if cardinality(ids) > 0 then
+    ), per_attempt as (
+        select i.job_id, i.attempt, count(*)::integer as n,
+               max(i.ord) filter (where i.type = 'progress') as last_progress
+          from input i
+         group by i.job_id, i.attempt
+    ), updated as (
+        update jobcast.jobs j
+           set last_seq = j.last_seq + p.n, updated_at = now(),
+               progress = case when p.last_progress is null then j.progress else l.progress end,
+               message = case when p.last_progress is null then j.message else l.message end
+          from per_attempt p
+          left join input l on l.ord = p.last_progress
+         where j.id = p.job_id and j.attempt = p.attempt and j.worker = p_worker
+           and j.status = 'running'
+        returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq - p.n as base
+    ), numbered as (
+        select i.ord, i.job_id, i.type, i.progress, i.message, i.data, u.kind, u.queue,
+               u.status, u.attempt,
+               u.base + (row_number() over (partition by i.job_id order by i.ord))::integer as seq
+          from input i
+          join updated u on u.id = i.job_id and u.attempt = i.attempt
+    ), inserted as (
         insert into jobcast.events (job_id, seq, type, data)
-        select * from unnest(ids, seqs, types, datas);
-    end if;
+        select n.job_id, n.seq, n.type,
+               jobcast.event_data(n.job_id, n.kind, n.queue, n.status, n.attempt, n.seq, n.type,
+                   case when n.type = 'progress'
+                        then jsonb_build_object('progress', n.progress, 'message', n.message)
+                        else '{}'::jsonb end
+                   || case when n.data is not null and n.data <> 'null'::jsonb
+                           then jsonb_build_object('data', n.data) else '{}'::jsonb end)
+          from numbered n
+         order by n.ord
+    )
+    select n.ord, n.seq from numbered n order by n.ord;
 end
 $$;
 

@@ -77,6 +77,10 @@ pub struct WorkArgs {
     /// Seconds SIGTERM waits for running jobs before handing them back.
     #[arg(long, env = "JOBCAST_GRACE_SECS", default_value_t = 30.0, value_parser = parse_non_negative_secs)]
     pub grace_secs: f64,
+    /// Runs jobs of KIND with a shell command (repeatable; `JOBCAST_EXEC` adds one
+    /// `KIND=COMMAND` per line; the protocol is in docs/exec.md).
+    #[arg(long = "exec", value_name = "KIND=COMMAND")]
+    pub exec: Vec<String>,
     /// Days finished jobs and their events are kept (0 keeps them forever).
     #[arg(long, env = "JOBCAST_RETENTION_DAYS", default_value_t = 7.0, value_parser = parse_non_negative_secs)]
     pub retention_days: f64,

@@ -91,11 +91,17 @@ enum Command {
         #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Stops the `--exec` process groups of a worker that is gone (started by the worker).
+    #[command(name = "exec-reaper", hide = true)]
+    ExecReaper,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Submit { .. } | Command::Watch { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Submit { .. } | Command::Watch { .. } | Command::ExecReaper
+    );
     init_logging(quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -154,7 +160,9 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             check_queues(&work)?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
             let listen = db::connection_config(&url, "jobcast-work-listen")?;
-            let registry = Registry::new().with_demo_handlers();
+            let registry = Registry::new()
+                .with_demo_handlers()
+                .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
             worker::run(pool, listen, work, registry, shutdown::on_signal()).await;
             Ok(0)
         }
@@ -199,6 +207,10 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                 follow,
             )
             .await
+        }
+        Command::ExecReaper => {
+            tokio::task::spawn_blocking(worker::exec::reap).await?;
+            Ok(0)
         }
         Command::Watch { job_id, server } => {
             let client = client::Client::new(&server);
@@ -256,7 +268,9 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
     let worker_pool = db::pool(&url, "jobcast-dev-worker", 12)?;
     let web_listen = db::connection_config(&url, "jobcast-dev-listen")?;
     let work_listen = db::connection_config(&url, "jobcast-dev-worker-listen")?;
-    let registry = Registry::new().with_demo_handlers();
+    let registry = Registry::new()
+        .with_demo_handlers()
+        .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
     let worker_shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::run(
         worker_pool,

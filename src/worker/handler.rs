@@ -26,6 +26,14 @@ pub enum HandlerError {
     /// The attempt was cancelled or its lease taken away; nothing more will be recorded.
     #[error("cancelled")]
     Cancelled,
+    /// A failure with a full `error` object (at least `message`), retried or not.
+    #[error("{}", error["message"].as_str().unwrap_or("failed"))]
+    Failed {
+        /// The job's `error` object.
+        error: Value,
+        /// Whether another attempt may run.
+        retryable: bool,
+    },
 }
 
 impl HandlerError {
@@ -129,6 +137,7 @@ impl Registry {
 pub struct JobContext {
     pub(super) job_id: JobId,
     pub(super) attempt: i32,
+    pub(super) queue: String,
     pub(super) cancel: CancellationToken,
     pub(super) writer: Writer,
 }
@@ -142,6 +151,11 @@ impl JobContext {
     /// This attempt's number, from 1.
     pub fn attempt(&self) -> i32 {
         self.attempt
+    }
+
+    /// The job's queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
     }
 
     /// Reports progress (a percentage 0-100) and a message. Returns once the event is

@@ -19,6 +19,7 @@ use crate::job::{Job, JobId};
 use crate::listener::{self, Signal};
 
 pub mod demo;
+pub mod exec;
 mod handler;
 mod maintenance;
 pub mod writer;
@@ -366,6 +367,7 @@ async fn run_attempt(state: &State, job: &Job, cancel: CancellationToken) -> Out
     let ctx = JobContext {
         job_id: job.job_id,
         attempt: job.attempt,
+        queue: job.queue.clone(),
         cancel,
         writer: state.writer.clone(),
     };
@@ -427,6 +429,9 @@ async fn finish(state: &State, job: &Job, cancel: &CancellationToken, outcome: O
         Outcome::Done(Err(HandlerError::Fatal(message))) => {
             let error = json!({"message": message, "fatal": true});
             record_failure(state, failure(error, false)).await
+        }
+        Outcome::Done(Err(HandlerError::Failed { error, retryable })) => {
+            state.writer.fail(failure(error, retryable)).await
         }
         Outcome::Done(Err(HandlerError::Cancelled)) if cancel.is_cancelled() => {
             // Cancelled in the database (or the lease was lost): nothing left to record.

@@ -102,6 +102,26 @@ impl Writer {
         .await
     }
 
+    /// Queues an event without waiting for its commit; the receiver tells whether it was
+    /// accepted (closed: refused). Ops are written in the order queued, so one attempt's
+    /// events keep their order; the caller bounds how many it leaves unanswered.
+    pub fn queue_event(
+        &self,
+        job_id: JobId,
+        attempt: i32,
+        event: Value,
+    ) -> oneshot::Receiver<bool> {
+        let (reply, accepted) = oneshot::channel();
+        let op = Op::Event {
+            job_id,
+            attempt,
+            event,
+        };
+        // A closed writer drops the op and its reply: the receiver then reads as refused.
+        let _ = self.sender.send(Queued { op, reply });
+        accepted
+    }
+
     /// Marks an attempt succeeded.
     pub async fn complete(&self, job_id: JobId, attempt: i32, result: Value) -> WriteOutcome {
         self.submit(Op::Complete {

@@ -8,6 +8,7 @@ mod cancel;
 mod chaos;
 mod cli;
 mod dev;
+mod exec;
 mod firehose;
 mod hardening;
 mod idempotency;

@@ -119,7 +119,7 @@ fn log_path(what: &str) -> PathBuf {
 }
 
 impl Proc {
-    fn spawn(mut command: Command, what: &str, wait_for_url: bool) -> Proc {
+    pub fn spawn(mut command: Command, what: &str, wait_for_url: bool) -> Proc {
         let log = log_path(what);
         let log_file = std::fs::File::create(&log).unwrap();
         command
