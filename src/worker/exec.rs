@@ -8,6 +8,7 @@
 //!
 //! `group` stops process groups (and runs the reaper), `output` handles the pipes,
 //! `protocol` reads the messages and builds the `error` object.
+use super::writer::WriteOutcome;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,7 +161,7 @@ enum Stop {
 }
 
 /// The writer's answer to one event (see [`answer`]).
-type Reply = bool;
+type Reply = WriteOutcome;
 
 /// What became of one queued event.
 enum Answer {
@@ -172,8 +173,9 @@ enum Answer {
 /// The writer's reply in this module's terms: the one place that knows its type.
 fn answer(reply: Result<Reply, oneshot::error::RecvError>) -> Answer {
     match reply {
-        Ok(true) => Answer::Accepted,
-        Ok(false) => Answer::Refused,
+        Ok(WriteOutcome::Accepted) => Answer::Accepted,
+        Ok(WriteOutcome::Refused) => Answer::Refused,
+        Ok(WriteOutcome::Failed(reason)) => Answer::Failed(reason),
         Err(_) => Answer::Failed("the worker is stopping".into()),
     }
 }

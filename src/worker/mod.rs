@@ -431,7 +431,7 @@ async fn finish(state: &State, job: &Job, cancel: &CancellationToken, outcome: O
             record_failure(state, failure(error, false)).await
         }
         Outcome::Done(Err(HandlerError::Failed { error, retryable })) => {
-            state.writer.fail(failure(error, retryable)).await
+            record_failure(state, failure(error, retryable)).await
         }
         Outcome::Done(Err(HandlerError::Cancelled)) if cancel.is_cancelled() => {
             // Cancelled in the database (or the lease was lost): nothing left to record.

@@ -110,7 +110,7 @@ impl Writer {
         job_id: JobId,
         attempt: i32,
         event: Value,
-    ) -> oneshot::Receiver<bool> {
+    ) -> oneshot::Receiver<WriteOutcome> {
         let (reply, accepted) = oneshot::channel();
         let op = Op::Event {
             job_id,
