@@ -21,6 +21,7 @@ use crate::listener::{self, Signal};
 pub mod demo;
 mod handler;
 mod maintenance;
+mod presence;
 pub mod writer;
 
 pub use handler::{Handler, HandlerError, JobContext, Registry};
@@ -125,6 +126,7 @@ pub async fn run(
     );
     tokio::spawn(route_signals(state.clone(), signals, wake.clone()));
     tokio::spawn(heartbeat_loop(state.clone(), background.clone()));
+    let presence = tokio::spawn(presence::run(state.clone(), background.clone()));
     tokio::spawn(maintenance::run(
         state.pool.clone(),
         state.args.clone(),
@@ -155,6 +157,7 @@ pub async fn run(
         while jobs.join_next().await.is_some() {}
     }
     background.cancel();
+    let _ = presence.await;
     // Every job has ended: give the writer a bounded time to flush what they left.
     close_writer.cancel();
     if tokio::time::timeout(Duration::from_secs(10), &mut writer_task)

@@ -6,6 +6,7 @@ mod common;
 
 mod cancel;
 mod cli;
+mod console;
 mod dev;
 mod firehose;
 mod idempotency;
