@@ -52,3 +52,10 @@ export interface Following {
 
 /** Follows a job given its id or the URL of its events stream, until it ends or `close()`. */
 export function follow(target: string, options?: FollowOptions): Following;
+
+/** Reads an SSE response body, calling `onEvent(type, id, data)` per event while `current()` is true. */
+export function readEvents(
+  body: ReadableStream<Uint8Array>,
+  onEvent: (type: string, id: string | null, data: string) => void,
+  current?: () => boolean,
+): Promise<void>;

@@ -151,44 +151,10 @@ export function follow(target, options = {}) {
       return;
     }
     try {
-      await parse(response.body, controller);
+      await readEvents(response.body, deliver, () => abort === controller);
       if (abort === controller) ended(null, false);
     } catch (e) {
       if (abort === controller) ended(e instanceof Error ? e : new Error(String(e)), false);
-    }
-  }
-
-  // The SSE wire format (WHATWG "event stream interpretation"), incrementally.
-  async function parse(body, controller) {
-    const reader = body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = '';
-    let id = null;
-    let type = '';
-    let data = [];
-    while (abort === controller) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, { stream: true });
-      const lines = buffer.split(/\r\n|\r|\n/);
-      buffer = lines.pop();
-      for (const line of lines) {
-        if (line === '') {
-          if (data.length) deliver(type || 'message', id, data.join('\n'));
-          type = '';
-          data = [];
-          continue;
-        }
-        if (line[0] === ':') continue;
-        const colon = line.indexOf(':');
-        const field = colon < 0 ? line : line.slice(0, colon);
-        let value = colon < 0 ? '' : line.slice(colon + 1);
-        if (value[0] === ' ') value = value.slice(1);
-        if (field === 'data') data.push(value);
-        else if (field === 'event') type = value;
-        else if (field === 'id') id = value;
-      }
-      if (abort !== controller) reader.cancel().catch(() => {});
     }
   }
 
@@ -199,4 +165,41 @@ export function follow(target, options = {}) {
       return lastId;
     },
   };
+}
+
+/**
+ * Reads an SSE body (a fetch Response's ReadableStream) and calls `onEvent(type, id, data)`
+ * for each event, per the WHATWG "event stream interpretation", while `current()` holds.
+ */
+export async function readEvents(body, onEvent, current = () => true) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let id = null;
+  let type = '';
+  let data = [];
+  while (current()) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop();
+    for (const line of lines) {
+      if (line === '') {
+        if (data.length) onEvent(type || 'message', id, data.join('\n'));
+        type = '';
+        data = [];
+        continue;
+      }
+      if (line[0] === ':') continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? '' : line.slice(colon + 1);
+      if (value[0] === ' ') value = value.slice(1);
+      if (field === 'data') data.push(value);
+      else if (field === 'event') type = value;
+      else if (field === 'id') id = value;
+    }
+  }
+  reader.cancel().catch(() => {});
 }

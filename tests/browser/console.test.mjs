@@ -25,13 +25,13 @@ test('loads without console errors and shows a job within 200 ms of its queued e
   await page.evaluate(() => {
     window.rowSeen = {};
     new MutationObserver(() => {
-      for (const tr of document.querySelectorAll('#jobs tr[data-id]')) window.rowSeen[tr.dataset.id] ??= Date.now();
+      for (const tr of document.querySelectorAll('#jobs [data-id]')) window.rowSeen[tr.dataset.id] ??= Date.now();
     }).observe(document.body, { childList: true, subtree: true });
   });
   const lags = [];
   for (let i = 0; i < 5; i++) {
     const job = await h.submit(server.url, { kind: 'demo.echo', args: { i } });
-    await page.waitForSelector(`#jobs tr[data-id="${job.id}"]`, { timeout: 5000 });
+    await page.waitForSelector(`#jobs [data-id="${job.id}"]`, { timeout: 5000 });
     const seen = await page.evaluate((id) => window.rowSeen[id], job.id);
     const events = await (await fetch(`${server.url}/v1/jobs/${job.id}/events`)).text();
     const queuedAt = JSON.parse(events.match(/event: queued\ndata: (.*)\n/)[1]).at;
@@ -47,7 +47,7 @@ test("a running job's progress bar moves and ends full", async () => {
   const page = await open(browser, `${server.url}/`);
   await page.waitForSelector('#conn.live');
   const job = await h.submit(server.url, { kind: 'demo.steps', args: { steps: 8, step_ms: 250 } });
-  const row = `#jobs tr[data-id="${job.id}"]`;
+  const row = `#jobs [data-id="${job.id}"]`;
   await page.waitForSelector(`${row}.running`, { timeout: 5000 });
   const widths = new Set();
   for (let i = 0; i < 12; i++) {
@@ -86,19 +86,19 @@ test('filters: queue and status narrow the list, live updates included', async (
   const a = await h.submit(server.url, { kind: 'demo.echo', queue: 'fa' });
   const b = await h.submit(server.url, { kind: 'demo.echo', queue: 'fb' });
   const page = await open(browser, `${server.url}/#/?queue=fa`);
-  await page.waitForSelector(`#jobs tr[data-id="${a.id}"]`);
-  assert.equal(await page.$(`#jobs tr[data-id="${b.id}"]`), null);
+  await page.waitForSelector(`#jobs [data-id="${a.id}"]`);
+  assert.equal(await page.$(`#jobs [data-id="${b.id}"]`), null);
   const later = await h.submit(server.url, { kind: 'demo.echo', queue: 'fa' });
   const other = await h.submit(server.url, { kind: 'demo.echo', queue: 'fb' });
-  await page.waitForSelector(`#jobs tr[data-id="${later.id}"]`);
+  await page.waitForSelector(`#jobs [data-id="${later.id}"]`);
   await page.waitForTimeout(400);
-  assert.equal(await page.$(`#jobs tr[data-id="${other.id}"]`), null);
-  const queues = await page.$$eval('#jobs tr[data-id] td:nth-child(3)', (tds) => [...new Set(tds.map((td) => td.textContent))]);
+  assert.equal(await page.$(`#jobs [data-id="${other.id}"]`), null);
+  const queues = await page.$$eval('#jobs [data-id] > :nth-child(3)', (tds) => [...new Set(tds.map((td) => td.textContent))]);
   assert.deepEqual(queues, ['fa']);
   await page.fill('#filters input[name=queue]', '');
   await page.fill('#filters input[name=text]', b.id);
   await page.press('#filters input[name=text]', 'Enter');
-  await page.waitForSelector(`#jobs tr[data-id="${b.id}"]`);
+  await page.waitForSelector(`#jobs [data-id="${b.id}"]`);
   assert.deepEqual(page.errors, []);
   await page.close();
 });
@@ -114,7 +114,7 @@ test('pause and resume a queue from the overview', async () => {
   await page.waitForTimeout(1500);
   assert.equal((await h.job(server.url, held.id)).status, 'queued');
   await page.click(`${button} >> text=Resume`);
-  await page.waitForSelector(`#jobs tr[data-id="${held.id}"].succeeded`, { timeout: 5000 });
+  await page.waitForSelector(`#jobs [data-id="${held.id}"].succeeded`, { timeout: 5000 });
   assert.deepEqual(page.errors, []);
   await page.close();
 });
@@ -126,7 +126,7 @@ test('a dropped server shows the banner, and recovery brings the missed jobs wit
   page.expectNetworkErrors = true;
   await page.waitForSelector('#conn.live');
   const before = await h.submit(server.url, { kind: 'demo.echo', args: { phase: 'before' } });
-  await page.waitForSelector(`#jobs tr[data-id="${before.id}"]`);
+  await page.waitForSelector(`#jobs [data-id="${before.id}"]`);
   own.kill();
   await page.waitForSelector('#banner.down', { timeout: 5000 });
   assert.match(await page.textContent('#banner'), /Connection lost/);
@@ -135,8 +135,8 @@ test('a dropped server shows the banner, and recovery brings the missed jobs wit
   const again = await h.serve(listen);
   await page.waitForSelector('#banner.back', { timeout: 20000 });
   assert.match(await page.textContent('#banner'), /restored/);
-  for (const job of during) await page.waitForSelector(`#jobs tr[data-id="${job.id}"]`, { timeout: 5000 });
-  const ids = await page.$$eval('#jobs tr[data-id]', (rows) => rows.map((r) => r.dataset.id));
+  for (const job of during) await page.waitForSelector(`#jobs [data-id="${job.id}"]`, { timeout: 5000 });
+  const ids = await page.$$eval('#jobs [data-id]', (rows) => rows.map((r) => r.dataset.id));
   assert.equal(ids.length, new Set(ids).size, `duplicate rows: ${ids}`);
   again.kill();
   await page.close();
