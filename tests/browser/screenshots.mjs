@@ -23,7 +23,7 @@ for (let i = 0; i < 5; i++) await h.submit(server.url, { kind: 'demo.echo', queu
 await h.submit(server.url, { kind: 'billing.invoice', args: { customer: 42 }, run_at: minutesAgo(7) });
 const long = [];
 for (let i = 0; i < 4; i++) long.push(await h.submit(server.url, { kind: 'demo.steps', args: { steps: 40, step_ms: 400 + 100 * i } }));
-const shown = await h.submit(server.url, { kind: 'demo.steps', max_attempts: 3, args: { steps: 20, step_ms: 300 } });
+const shown = await h.submit(server.url, { kind: 'demo.steps', max_attempts: 3, args: { steps: 80, step_ms: 300 } });
 await h.sleep(6500); // workers announce themselves; the long jobs get going
 
 const browser = await launch();
@@ -42,7 +42,7 @@ await jobPage.waitForSelector('#retry:not([disabled])');
 await jobPage.click('#retry');
 await jobPage.waitForSelector('.status.running');
 await jobPage.waitForTimeout(2500);
-await jobPage.screenshot({ path: `${out}/console-job.png`, fullPage: true });
+await jobPage.screenshot({ path: `${out}/console-job.png` });
 
 const errors = [...page.errors, ...jobPage.errors];
 await browser.close();

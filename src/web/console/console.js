@@ -351,6 +351,7 @@ function jobList(root, filters) {
     c[5].textContent = `${job.attempt}/${job.max_attempts}`;
     c[6].className = job.hint ? 'hint' : 'muted';
     c[6].textContent = job.hint || new Date(job.updated_at).toLocaleTimeString();
+    c[6].title = job.hint || job.updated_at;
   }
 
   function flush() {
@@ -550,7 +551,7 @@ function jobPage(root, id) {
     const curl = `curl -N ${location.origin}/v1/jobs/${id}/events${keyStore.get() ? ' -H "Authorization: Bearer $JOBCAST_KEY"' : ''}`;
     const pct = job.progress == null ? 0 : job.progress;
     const field = (name, value) => [h('dt', {}, name), h('dd', {}, value)];
-    details.replaceChildren(
+    const parts = [
       h(
         'div',
         { class: `row ${job.status}` },
@@ -581,7 +582,8 @@ function jobPage(root, id) {
       job.error ? [h('h3', {}, 'error'), h('pre', { id: 'error' }, job.error.message || JSON.stringify(job.error)), job.error.stderr ? [h('h3', {}, 'stderr'), h('pre', { id: 'stderr' }, job.error.stderr)] : null] : null,
       h('h3', {}, 'stream'),
       h('div', { class: 'row' }, h('code', { class: 'curl', id: 'curl' }, curl), h('button', { onclick: () => navigator.clipboard && navigator.clipboard.writeText(curl) }, 'Copy')),
-    );
+    ];
+    details.replaceChildren(...parts.flat(2).filter((part) => part != null));
   }
 
   function renderAttempts() {
@@ -613,7 +615,10 @@ function jobPage(root, id) {
             : d.data !== undefined
               ? JSON.stringify(d.data)
               : '';
+    const box = log.closest('.logbox');
+    const atBottom = box && box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
     log.append(h('tr', { 'data-seq': e.id }, h('td', { class: 'num' }, e.id), h('td', {}, e.type), h('td', {}, d.at), h('td', {}, `attempt ${d.attempt}`), h('td', {}, summary)));
+    if (atBottom) box.scrollTop = box.scrollHeight;
     if (e.type === 'progress') {
       const bar = $('#job-bar');
       if (bar) bar.style.width = `${d.progress}%`;
@@ -645,7 +650,7 @@ function jobPage(root, id) {
     h('p', {}, h('a', { href: '#/' }, '← all jobs')),
     h('section', {}, details),
     h('section', {}, h('h2', {}, 'Attempts'), h('table', {}, h('thead', {}, h('tr', {}, ['#', 'started', 'ended', 'outcome', 'error'].map((t) => h('th', {}, t)))), attempts)),
-    h('section', {}, h('h2', {}, 'Events (live)'), h('table', { class: 'log' }, h('thead', {}, h('tr', {}, ['id', 'type', 'at', 'attempt', ''].map((t) => h('th', {}, t)))), log)),
+    h('section', {}, h('h2', {}, 'Events (live)'), h('div', { class: 'logbox' }, h('table', { class: 'log' }, h('thead', {}, h('tr', {}, ['id', 'type', 'at', 'attempt', ''].map((t) => h('th', {}, t)))), log))),
   );
   refresh().then(startFollowing);
   return () => {
