@@ -105,20 +105,19 @@ export function follow(target, options = {}) {
       es.addEventListener(type, on);
     }
     es.onmessage = on;
+    let opened = false;
+    es.onopen = () => {
+      opened = true;
+    };
     es.onerror = () => {
       if (source !== es) return;
-      const hard = es.readyState === 2; // CLOSED: not a stream (204, 4xx, 5xx), or offline
       es.close();
       source = null;
       if (closed) return;
       if (terminal) return finish();
-      // EventSource does not say why; the next attempt uses fetch, which does.
-      if (hard) {
-        if (o.onError) o.onError(Object.assign(new Error('stream refused; checking why'), { retrying: true }));
-        timer = setTimeout(() => connect(false), 0);
-      } else {
-        timer = setTimeout(() => connect(true), 250);
-      }
+      // A stream that was open and dropped: straight back. One that never opened (204, 4xx,
+      // 5xx, server away): EventSource does not say why, so fetch asks, backing off on errors.
+      timer = setTimeout(() => connect(opened), opened ? 250 : 0);
     };
   }
 

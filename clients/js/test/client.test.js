@@ -100,3 +100,16 @@ test('an unknown job is a fatal error, not an endless retry', async () => {
   await h.sleep(1200);
   assert.equal(counting.calls, 1);
 });
+
+test('backs off while the server is away: attempts at about 0, 1, 3 s', async () => {
+  const counting = h.countingFetch();
+  const errors = [];
+  // A port nobody listens on.
+  const following = follow('1', { base: 'http://127.0.0.1:9', fetch: counting, onError: (e) => errors.push(e) });
+  await h.sleep(3600);
+  following.close();
+  assert.ok(counting.calls >= 2 && counting.calls <= 4, `${counting.calls} attempts in 3.6 s`);
+  assert.ok(errors.length === counting.calls && errors.every((e) => e.retrying));
+  await h.sleep(1500);
+  assert.ok(counting.calls <= 4, 'close() stops the retries');
+});
