@@ -348,7 +348,8 @@ function jobList(root, filters) {
     const pct = job.progress == null ? 0 : job.progress;
     c[4].firstChild.firstChild.style.width = `${pct}%`;
     c[4].lastChild.textContent = job.message || (job.progress != null ? `${Math.round(pct)} %` : '');
-    c[5].textContent = `${job.attempt}/${job.max_attempts}`;
+    // Jobs first seen in the firehose do not know their max_attempts until they are loaded.
+    c[5].textContent = job.max_attempts ? `${job.attempt}/${job.max_attempts}` : String(job.attempt);
     c[6].className = job.hint ? 'hint' : 'muted';
     c[6].textContent = job.hint || new Date(job.updated_at).toLocaleTimeString();
     c[6].title = job.hint || job.updated_at;
@@ -413,7 +414,7 @@ function jobList(root, filters) {
       return;
     }
     if (e.type !== 'queued' || e.seq !== 1) return; // an older job: not on this page
-    const job = { id, kind: e.kind, queue: e.queue, status: e.status, attempt: 0, max_attempts: '?', progress: null, message: null, last_event_id: e.seq, updated_at: e.at };
+    const job = { id, kind: e.kind, queue: e.queue, status: e.status, attempt: 0, max_attempts: null, progress: null, message: null, last_event_id: e.seq, updated_at: e.at };
     if (matches(filters, job)) schedule(job);
   }
 
