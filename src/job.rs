@@ -409,7 +409,7 @@ impl<'a> tokio_postgres::types::FromSql<'a> for SqlStatus {
     }
 }
 
-/// A column that only some queries select (see `db::jobs::JOB_COLUMNS`).
+/// A column that only some queries select (see `job_columns!` in `db::jobs`).
 fn optional_column<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,
     name: &str,

@@ -52,15 +52,22 @@ pub async fn enqueue_job(
 }
 
 /// The columns of a job object read for clients: the row plus its live subscriber count and
-/// its hint (see `jobcast.job_subscribers` and `jobcast.job_hint`).
-pub const JOB_COLUMNS: &str = "j.*, jobcast.job_subscribers(j.id) as subscribers,
-    jobcast.job_hint(j.queue, j.kind, j.status, j.run_at) as hint";
+/// its hint (see `jobcast.job_subscribers` and `jobcast.job_hint`). A macro so that queries
+/// stay `&'static str` literals (`concat!`), never strings built at run time.
+macro_rules! job_columns {
+    () => {
+        "j.*, jobcast.job_subscribers(j.id) as subscribers,
+         jobcast.job_hint(j.queue, j.kind, j.status, j.run_at) as hint"
+    };
+}
 
 /// One job by id.
 pub async fn get_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
     let statement = client
-        .prepare_cached(&format!(
-            "select {JOB_COLUMNS} from jobcast.jobs j where id = $1"
+        .prepare_cached(concat!(
+            "select ",
+            job_columns!(),
+            " from jobcast.jobs j where id = $1"
         ))
         .await?;
     let row = client.query_opt(&statement, &[&id.0]).await?;
@@ -85,8 +92,10 @@ pub struct JobFilter {
 /// Jobs newest first, by keyset pagination on the id.
 pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Result<Vec<Job>> {
     let statement = client
-        .prepare_cached(&format!(
-            "select {JOB_COLUMNS} from jobcast.jobs j
+        .prepare_cached(concat!(
+            "select ",
+            job_columns!(),
+            " from jobcast.jobs j
               where ($1::text is null or queue = $1)
                 and ($2::text is null or kind = $2)
                 and ($3::text is null or status = $3::text::jobcast.job_status)

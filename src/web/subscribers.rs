@@ -80,15 +80,13 @@ pub fn start(pool: Pool, shutdown: CancellationToken) {
                 _ = ticker.tick() => {}
             }
             ticks += 1;
-            // Now and then everything again: rows lost while the database was away (a pod
-            // silent for a minute is removed) come back.
-            if ticks.is_multiple_of(FULL_PUBLISH_EVERY) {
-                published.clear();
-            }
+            // Now and then every count, changed or not: rows lost while the database was away
+            // (a pod silent for a minute is removed) come back.
+            let full = ticks.is_multiple_of(FULL_PUBLISH_EVERY);
             let now = counts().clone();
             let mut changes: Vec<(i64, i32)> = now
                 .iter()
-                .filter(|(job, n)| published.get(job) != Some(n))
+                .filter(|(job, n)| full || published.get(job) != Some(n))
                 .map(|(job, n)| (*job, *n))
                 .collect();
             changes.extend(
