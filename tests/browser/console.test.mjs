@@ -84,6 +84,19 @@ test('cancel and retry from the job page, with the live event log', async () => 
   await page.close();
 });
 
+test("a failed job's page shows its error and attempts", async () => {
+  const job = await h.submit(server.url, { kind: 'demo.steps', max_attempts: 2, args: { steps: 2, step_ms: 10, fail_at: 1 } });
+  const page = await open(browser, `${server.url}/#/jobs/${job.id}`);
+  await page.waitForSelector('.status.failed', { timeout: 15000 });
+  assert.equal(await page.textContent('#error'), 'demo.steps failed at step 1/2');
+  const outcomes = await page.$$eval('section tbody tr td:nth-child(4)', (tds) => tds.map((td) => td.textContent));
+  assert.deepEqual(outcomes.slice(0, 2), ['retrying', 'failed']);
+  assert.equal(await page.$eval('#retry', (b) => b.disabled), false);
+  assert.equal(await page.$eval('#cancel', (b) => b.disabled), true);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test('filters: queue and status narrow the list, live updates included', async () => {
   const a = await h.submit(server.url, { kind: 'demo.echo', queue: 'fa' });
   const b = await h.submit(server.url, { kind: 'demo.echo', queue: 'fb' });

@@ -354,3 +354,37 @@ async fn a_job_of_a_kind_no_worker_takes_says_so() {
     let done = wait_for_status(serve.url(), &echo, "succeeded", T).await;
     assert!(done["hint"].is_null());
 }
+
+#[tokio::test]
+async fn serves_the_console_and_the_browser_client_from_the_binary() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    for (path, content_type, needle) in [
+        (
+            "/",
+            "text/html",
+            "<script type=\"module\" src=\"/console.js\">",
+        ),
+        ("/console.js", "text/javascript", "from '/client.js'"),
+        ("/client.js", "text/javascript", "export function follow("),
+        (
+            "/client.d.ts",
+            "application/typescript",
+            "export function follow(",
+        ),
+    ] {
+        let response = http()
+            .get(format!("{}{path}", serve.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let header = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(header.starts_with(content_type), "{path}: {header}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(needle), "{path} lacks {needle:?}");
+    }
+}

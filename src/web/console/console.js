@@ -580,11 +580,22 @@ function jobPage(root, id) {
       h('h3', {}, 'args'),
       h('pre', { id: 'args' }, JSON.stringify(job.args, null, 2)),
       job.result != null ? [h('h3', {}, 'result'), h('pre', { id: 'result' }, JSON.stringify(job.result, null, 2))] : null,
-      job.error ? [h('h3', {}, 'error'), h('pre', { id: 'error' }, job.error.message || JSON.stringify(job.error)), job.error.stderr ? [h('h3', {}, 'stderr'), h('pre', { id: 'stderr' }, job.error.stderr)] : null] : null,
+      job.error ? errorParts(job.error) : null,
       h('h3', {}, 'stream'),
       h('div', { class: 'row' }, h('code', { class: 'curl', id: 'curl' }, curl), h('button', { onclick: () => navigator.clipboard && navigator.clipboard.writeText(curl) }, 'Copy')),
     ];
     details.replaceChildren(...parts.flat(2).filter((part) => part != null));
+  }
+
+  // The message first, then stderr (exec handlers), then whatever else the error carries.
+  function errorParts(error) {
+    const { message, stderr, ...rest } = error;
+    return [
+      h('h3', {}, 'error'),
+      h('pre', { id: 'error' }, message || JSON.stringify(error)),
+      stderr ? [h('h3', {}, 'stderr'), h('pre', { id: 'stderr' }, stderr)] : null,
+      Object.keys(rest).length ? h('pre', { id: 'error-details' }, JSON.stringify(rest, null, 2)) : null,
+    ];
   }
 
   function renderAttempts() {
