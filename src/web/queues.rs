@@ -7,7 +7,7 @@ use super::jobs::parse_job_id;
 use super::problem::ApiError;
 use super::WebState;
 use crate::db;
-use crate::job::is_name;
+use crate::job::{is_name, Status};
 
 /// `POST /v1/jobs/{id}/retry`: a failed or cancelled job goes back to `queued`, due now.
 #[tracing::instrument(skip_all, fields(job_id = %path))]
@@ -27,9 +27,10 @@ pub async fn retry_job(
     }
     match db::jobs::get_job(&client, id).await? {
         None => Err(ApiError::NotFound(format!("no job with id {id}"))),
-        Some(job) if job.status.is_terminal() && job.attempt >= 100 => Err(ApiError::Conflict(
-            format!("job {id} has used all 100 attempts it may have"),
-        )),
+        // Failed or cancelled, yet refused: it is at the 100-attempt ceiling.
+        Some(job) if matches!(job.status, Status::Failed | Status::Cancelled) => Err(
+            ApiError::Conflict(format!("job {id} has used all 100 attempts a job may have")),
+        ),
         Some(job) => Err(ApiError::Conflict(format!(
             "job {id} is {}; only a failed or cancelled job can be retried",
             job.status.as_str()
