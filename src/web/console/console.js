@@ -235,7 +235,10 @@ async function renderOverview(root) {
       'tr',
       { 'data-queue-row': q.name },
       h('td', {}, h('a', { href: `#/?queue=${encodeURIComponent(q.name)}` }, q.name), ' ', q.paused ? statusBadge('paused') : null),
-      ...STATUSES.map((s) => h('td', { class: 'num' }, q.jobs[s] || 0)),
+      // Each count opens the job list filtered to it: "what is failing" is one click.
+      ...STATUSES.map((s) =>
+        h('td', { class: 'num' }, q.jobs[s] ? h('a', { href: `#/?queue=${encodeURIComponent(q.name)}&status=${s}` }, q.jobs[s]) : 0),
+      ),
       h('td', { class: 'num' }, q.oldest_queued_seconds > 0 ? duration(q.oldest_queued_seconds) : '–'),
       h('td', { class: 'num' }, (total / 15).toFixed(1)),
       h('td', {}, sparkline(done)),
