@@ -458,15 +458,24 @@ create or replace function jobcast.retry_job(p_job_id bigint) returns setof jobc
 language plpgsql as $$
 declare
     j jobcast.jobs;
+    was jobcast.job_status;
 begin
+    select status into was from jobcast.jobs
+     where id = p_job_id and status in ('failed', 'cancelled') and attempt < 100
+       for update;
+    if not found then
+        return;
+    end if;
     update jobcast.jobs
        set status = 'queued', run_at = now(), finished_at = null, updated_at = now(),
            max_attempts = greatest(max_attempts, attempt + 1), progress = null,
            message = null, last_seq = last_seq + 1
-     where id = p_job_id and status in ('failed', 'cancelled') and attempt < 100
+     where id = p_job_id
     returning * into j;
-    if not found then
-        return;
+    -- Where finished jobs are counted as they finish (jobcast.finished_counts), this one
+    -- no longer is. (A plpgsql body resolves names when it runs: fine without the table.)
+    if to_regclass('jobcast.finished_counts') is not null then
+        perform jobcast.count_finished(j.queue, was, -1);
     end if;
     insert into jobcast.events (job_id, seq, type, data)
     values (j.id, j.last_seq, 'retried',
@@ -498,21 +507,44 @@ $$;
 
 -- Every queue that has jobs or is paused (or only p_queue, whatever its state): jobs by
 -- status, the age of the oldest due job, and jobs finished per minute over the last 15
--- minutes (oldest minute first; failed ones counted apart).
+-- minutes (oldest minute first; failed ones counted apart). Queued and running jobs are
+-- counted through their partial indexes; finished ones from jobcast.finished_counts where
+-- that exists (kept as jobs finish and are pruned), else row by row.
 create or replace function jobcast.queue_summaries(p_queue text)
 returns table (name text, paused boolean, jobs jsonb, oldest_queued_seconds double precision,
                succeeded_per_minute integer[], failed_per_minute integer[])
-language sql stable as $$
+language plpgsql stable as $$
+declare
+    finished jsonb;
+begin
+    if to_regclass('jobcast.finished_counts') is not null then
+        select coalesce(jsonb_agg(jsonb_build_array(f.queue, f.status, f.n)), '[]') into finished
+          from (select c.queue, c.status::text as status, sum(c.value)::bigint as n
+                  from jobcast.finished_counts c
+                 where p_queue is null or c.queue = p_queue
+                 group by 1, 2 having sum(c.value) <> 0) f;
+    else
+        select coalesce(jsonb_agg(jsonb_build_array(f.queue, f.status, f.n)), '[]') into finished
+          from (select j.queue, j.status::text as status, count(*) as n
+                  from jobcast.jobs j
+                 where j.status in ('succeeded', 'failed', 'cancelled')
+                   and (p_queue is null or j.queue = p_queue)
+                 group by 1, 2) f;
+    end if;
+    return query
     with counts as (
-        select j.queue, j.status::text as status, count(*) as n
-          from jobcast.jobs j
-         where p_queue is null or j.queue = p_queue
-         group by 1, 2
+        select j.queue, j.status::text as status, count(*) as n from jobcast.jobs j
+         where j.status = 'queued' and (p_queue is null or j.queue = p_queue) group by 1, 2
+        union all
+        select j.queue, j.status::text, count(*) from jobcast.jobs j
+         where j.status = 'running' and (p_queue is null or j.queue = p_queue) group by 1, 2
+        union all
+        select e->>0, e->>1, (e->>2)::bigint from jsonb_array_elements(finished) e
     ), names as (
-        select queue as name from counts
+        select c.queue as name from counts c
         union select q.name from jobcast.queues q where q.paused and p_queue is null
         union select p_queue where p_queue is not null
-    ), finished as (
+    ), done as (
         select j.queue, j.status,
                14 - floor(extract(epoch from now() - j.finished_at) / 60)::integer as minute
           from jobcast.jobs j
@@ -526,17 +558,18 @@ language sql stable as $$
            coalesce((select extract(epoch from now() - min(j.run_at))::float8
                        from jobcast.jobs j
                       where j.queue = n.name and j.status = 'queued' and j.run_at <= now()), 0),
-           (select array_agg((select count(*) from finished f
-                               where f.queue = n.name and f.minute = m
-                                 and f.status = 'succeeded')::integer order by m)
+           (select array_agg((select count(*) from done d
+                               where d.queue = n.name and d.minute = m
+                                 and d.status = 'succeeded')::integer order by m)
               from generate_series(0, 14) m),
-           (select array_agg((select count(*) from finished f
-                               where f.queue = n.name and f.minute = m
-                                 and f.status = 'failed')::integer order by m)
+           (select array_agg((select count(*) from done d
+                               where d.queue = n.name and d.minute = m
+                                 and d.status = 'failed')::integer order by m)
               from generate_series(0, 14) m)
       from names n
       left join jobcast.queues q on q.name = n.name
-     order by n.name
+     order by n.name;
+end
 $$;
 
 -- A worker's presence: the queues and kinds it takes and how busy it is, upserted every few
