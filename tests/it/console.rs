@@ -10,7 +10,13 @@ use crate::common::*;
 const T: Duration = Duration::from_secs(20);
 
 async fn post(server: &str, path: &str) -> (u16, Value) {
-    let response = http().post(format!("{server}{path}")).send().await.unwrap();
+    // Every POST says JSON, even without a body (a hardened server refuses others).
+    let response = http()
+        .post(format!("{server}{path}"))
+        .header("Content-Type", "application/json")
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

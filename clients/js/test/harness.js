@@ -49,7 +49,8 @@ export async function submit(server, spec) {
 }
 
 export async function post(server, p) {
-  const response = await fetch(`${server}${p}`, { method: 'POST' });
+  // Every POST says JSON, even without a body (a hardened server refuses others).
+  const response = await fetch(`${server}${p}`, { method: 'POST', headers: { 'Content-Type': 'application/json' } });
   return { status: response.status, body: await response.json() };
 }
 

@@ -42,10 +42,12 @@ function authHeaders() {
 }
 
 async function api(path, options = {}) {
+  // Every POST says JSON, even without a body: the server refuses other POSTs (CSRF).
+  const json = options.method === 'POST' ? { 'Content-Type': 'application/json' } : {};
   for (;;) {
     const response = await fetch(path, {
       ...options,
-      headers: { Accept: 'application/json', ...authHeaders(), ...(options.headers || {}) },
+      headers: { Accept: 'application/json', ...json, ...authHeaders(), ...(options.headers || {}) },
     });
     if (response.status === 401) {
       await askForKey();
