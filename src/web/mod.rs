@@ -16,6 +16,7 @@ use crate::hub::Hub;
 mod assets;
 pub mod jobs;
 mod metrics;
+mod peers;
 pub mod problem;
 pub mod queues;
 pub mod stream;

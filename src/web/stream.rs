@@ -106,7 +106,7 @@ pub async fn job_events(
         subscription: state.hub.subscribe(id.0),
         state: state.clone(),
         _gauge: StreamGauge::open(),
-        _subscriber: super::subscribers::Subscriber::open(id.0),
+        _subscriber: super::subscribers::Subscriber::open(id.0, &req),
     };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {
         let event = follower.next().await?;

@@ -2,14 +2,20 @@
 //! own open job streams in memory and publishes the counts that changed to PostgreSQL every
 //! [`PUBLISH_EVERY`] (`jobcast.publish_stream_counts`); the job object sums the rows of
 //! processes heard from recently, so a killed pod's streams stop counting within seconds.
+//! A stream whose client has gone (by the kernel's connection table, see [`peers`]) stops
+//! counting at the next round, before actix notices it.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
+
+use actix_web::HttpRequest;
 
 use deadpool_postgres::Pool;
 use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 
+use super::peers::{self, Connection};
 use crate::db;
 use crate::metrics::METRICS;
 
@@ -20,10 +26,23 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// Every this many rounds the whole set is published, not only the changes.
 const FULL_PUBLISH_EVERY: u64 = 15;
 
-/// Open job streams of this process, by job id.
-static COUNTS: LazyLock<Mutex<HashMap<i64, i32>>> = LazyLock::new(Default::default);
+/// Most streams whose connections are checked against the kernel's table each round; past
+/// that, a vanished client counts until a keep-alive write to it fails.
+const MAX_CHECKED: usize = 20_000;
 
-/// `jobcast_subscribers`: per-job streams open in this process (the firehose not counted).
+/// One open job stream of this process.
+#[derive(Clone, Copy)]
+struct Stream {
+    job_id: i64,
+    connection: Option<Connection>,
+}
+
+/// Open job streams of this process, by a number of their own.
+static OPEN: LazyLock<Mutex<HashMap<u64, Stream>>> = LazyLock::new(Default::default);
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// `jobcast_subscribers`: per-job streams open in this process (the firehose not counted),
+/// refreshed with every publishing round.
 static GAUGE: LazyLock<IntGauge> = LazyLock::new(|| {
     let gauge = IntGauge::new(
         "jobcast_subscribers",
@@ -35,34 +54,54 @@ static GAUGE: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge
 });
 
-fn counts() -> MutexGuard<'static, HashMap<i64, i32>> {
+fn open() -> MutexGuard<'static, HashMap<u64, Stream>> {
     // Single inserts and removes: a poisoned map is still consistent.
-    COUNTS.lock().unwrap_or_else(|e| e.into_inner())
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One open stream on a job, counted for as long as it lives.
-pub struct Subscriber(i64);
+/// One open stream on a job, counted for as long as it lives and its client is connected.
+pub struct Subscriber(u64);
 
 impl Subscriber {
-    /// Counts one more stream on `job_id`.
-    pub fn open(job_id: i64) -> Subscriber {
-        *counts().entry(job_id).or_insert(0) += 1;
-        GAUGE.inc();
-        Subscriber(job_id)
+    /// Counts one more stream on `job_id`, for the client of `req`.
+    pub fn open(job_id: i64, req: &HttpRequest) -> Subscriber {
+        let port = req.app_config().local_addr().port();
+        let connection = req.peer_addr().map(|peer| (port, peers::normalize(peer)));
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        open().insert(id, Stream { job_id, connection });
+        Subscriber(id)
     }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let mut counts = counts();
-        if let Some(n) = counts.get_mut(&self.0) {
-            *n -= 1;
-            if *n <= 0 {
-                counts.remove(&self.0);
-            }
-        }
-        GAUGE.dec();
+        open().remove(&self.0);
     }
+}
+
+/// Streams per job, leaving out those whose client the kernel says is gone.
+async fn live_counts() -> HashMap<i64, i32> {
+    let streams: Vec<Stream> = open().values().copied().collect();
+    let established =
+        if streams.len() <= MAX_CHECKED && streams.iter().any(|s| s.connection.is_some()) {
+            tokio::task::spawn_blocking(peers::established)
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+    let mut counts = HashMap::new();
+    for stream in streams {
+        let gone = match (&established, stream.connection) {
+            (Some(established), Some(connection)) => !established.contains(&connection),
+            _ => false,
+        };
+        if !gone {
+            *counts.entry(stream.job_id).or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 /// Publishes this process's counts until `shutdown`, then removes them.
@@ -83,7 +122,8 @@ pub fn start(pool: Pool, shutdown: CancellationToken) {
             // Now and then every count, changed or not: rows lost while the database was away
             // (a pod silent for a minute is removed) come back.
             let full = ticks.is_multiple_of(FULL_PUBLISH_EVERY);
-            let now = counts().clone();
+            let now = live_counts().await;
+            GAUGE.set(now.values().map(|n| i64::from(*n)).sum());
             let mut changes: Vec<(i64, i32)> = now
                 .iter()
                 .filter(|(job, n)| full || published.get(job) != Some(n))

@@ -195,9 +195,10 @@ async fn subscribers(server: &str, id: &str) -> i64 {
 #[tokio::test]
 async fn counts_subscribers_across_two_serve_processes() {
     let db = TestDb::new().await;
-    // A server notices a vanished client when it next writes: keep-alives every second.
-    let a = Proc::serve(&db.url, &["--heartbeat-secs", "1"]);
-    let b = Proc::serve(&db.url, &["--heartbeat-secs", "1"]);
+    // Default keep-alives (15 s): a closed stream must stop counting long before the server
+    // writes to it again.
+    let a = Proc::serve(&db.url, &[]);
+    let b = Proc::serve(&db.url, &[]);
     // No worker: the job stays queued and its streams stay open.
     let id = submit_ok(a.url(), json!({"kind": "demo.echo"})).await;
     let other = submit_ok(a.url(), json!({"kind": "demo.echo"})).await;
