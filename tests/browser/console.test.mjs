@@ -110,6 +110,12 @@ test('filters: queue and status narrow the list, live updates included', async (
   assert.equal(await page.$(`#jobs [data-id="${other.id}"]`), null);
   const queues = await page.$$eval('#jobs [data-id] > :nth-child(3)', (tds) => [...new Set(tds.map((td) => td.textContent))]);
   assert.deepEqual(queues, ['fa']);
+  // A status filter keeps the list true: a running job leaves it when it finishes.
+  await page.goto(`${server.url}/#/?status=running`);
+  const running = await h.submit(server.url, { kind: 'demo.steps', args: { steps: 6, step_ms: 200 } });
+  await page.waitForSelector(`#jobs [data-id="${running.id}"].running`, { timeout: 5000 });
+  await page.waitForSelector(`#jobs [data-id="${running.id}"]`, { state: 'detached', timeout: 10000 });
+  await page.goto(`${server.url}/#/`);
   await page.fill('#filters input[name=queue]', '');
   await page.fill('#filters input[name=text]', b.id);
   await page.press('#filters input[name=text]', 'Enter');

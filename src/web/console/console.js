@@ -366,8 +366,16 @@ function jobList(root, filters) {
     lastChanges = pending.size;
     for (const job of pending.values()) {
       const row = rows.get(job.id);
-      if (row) render(job, row.tr);
-      else fresh.push(job);
+      if (!matches(filters, job)) {
+        // It left the filter (say, "running" and it finished): it leaves the list.
+        if (row) row.tr.remove();
+        rows.delete(job.id);
+      } else if (row) {
+        row.job = job;
+        render(job, row.tr);
+      } else {
+        fresh.push(job);
+      }
     }
     pending.clear();
     // New jobs go on top, newest first.
@@ -415,11 +423,14 @@ function jobList(root, filters) {
       if (e.type === 'retried' || e.type === 'started') Object.assign(job, { progress: null, message: null });
       if (e.type === 'retried' && e.max_attempts) job.max_attempts = e.max_attempts;
       if (e.type === 'succeeded') job.progress = 100;
-      if (matches(filters, job) || !filters.status) schedule(job);
+      schedule(job);
       return;
     }
-    if (e.type !== 'queued' || e.seq !== 1) return; // an older job: not on this page
-    const job = { id, kind: e.kind, queue: e.queue, status: e.status, attempt: 0, max_attempts: null, progress: null, message: null, last_event_id: e.seq, updated_at: e.at };
+    // A new job, or (with a status filter) a job that just entered that status; any other
+    // job is older than this page and not on it.
+    const entered = filters.status && e.status === filters.status;
+    if (!(e.type === 'queued' && e.seq === 1) && !entered) return;
+    const job = { id, kind: e.kind, queue: e.queue, status: e.status, attempt: e.attempt, max_attempts: null, progress: e.type === 'progress' ? e.progress : null, message: e.type === 'progress' ? e.message : null, last_event_id: e.seq, updated_at: e.at };
     if (matches(filters, job)) schedule(job);
   }
 
