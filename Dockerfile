@@ -6,6 +6,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
 COPY sql sql
+# /client.js is embedded from here (include_str!).
+COPY clients/js clients/js
 COPY examples examples
 COPY benches benches
 RUN cargo build --release --locked --bin jobcast && strip target/release/jobcast

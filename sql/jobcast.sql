@@ -161,9 +161,17 @@ create or replace function jobcast.claim_jobs(
 language plpgsql as $$
 declare
     due_ids bigint[];
+    active text[];
 begin
     -- One index scan per queue, each already in claim order: `queue = any(array)` would
     -- make PostgreSQL read and sort every queued row of those queues on every claim.
+    -- A paused queue keeps its jobs: no worker claims from it until it is resumed.
+    select array_agg(u.name) into active
+      from unnest(p_queues) as u(name)
+     where not exists (select 1 from jobcast.queues p where p.name = u.name and p.paused);
+    if active is null then
+        return;
+    end if;
     -- One index scan per queue (per queue and kind when kinds are given), each already in
     -- claim order: `queue = any(array)` would make PostgreSQL read and sort every queued row
     -- of those queues on every claim, and a kind filter outside the index would walk rows of
@@ -172,7 +180,7 @@ begin
         select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
           from (
             select c.id, c.priority, c.run_at
-              from unnest(p_queues) as q(name)
+              from unnest(active) as q(name)
               cross join lateral (
                   select j.id, j.priority, j.run_at
                     from jobcast.jobs j
@@ -188,7 +196,7 @@ begin
         select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
           from (
             select c.id, c.priority, c.run_at
-              from unnest(p_queues) as q(name)
+              from unnest(active) as q(name)
               cross join unnest(p_kinds) as k(name)
               cross join lateral (
                   select j.id, j.priority, j.run_at
@@ -652,4 +660,225 @@ begin
     return query select horizon, null::bigint, null::bigint, null::integer, null::text,
                         null::jsonb;
 end
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Console: retry, queues (pause/resume), workers seen, subscribers across pods.
+-- ---------------------------------------------------------------------------------------
+
+-- Put a failed or cancelled job back in its queue, due now, with a `retried` event. Its next
+-- claim is attempt n+1: max_attempts is raised to n+1 when it was used up. Returns nothing
+-- when the job is unknown, not failed/cancelled, or already at the 100-attempt ceiling.
+create or replace function jobcast.retry_job(p_job_id bigint) returns setof jobcast.jobs
+language plpgsql as $$
+declare
+    j jobcast.jobs;
+    was jobcast.job_status;
+begin
+    select status into was from jobcast.jobs
+     where id = p_job_id and status in ('failed', 'cancelled') and attempt < 100
+       for update;
+    if not found then
+        return;
+    end if;
+    update jobcast.jobs
+       set status = 'queued', run_at = now(), finished_at = null, updated_at = now(),
+           max_attempts = greatest(max_attempts, attempt + 1), progress = null,
+           message = null, last_seq = last_seq + 1
+     where id = p_job_id
+    returning * into j;
+    -- Where finished jobs are counted as they finish (jobcast.finished_counts), this one
+    -- no longer is. (A plpgsql body resolves names when it runs: fine without the table.)
+    if to_regclass('jobcast.finished_counts') is not null then
+        perform jobcast.count_finished(j.queue, was, -1);
+    end if;
+    insert into jobcast.events (job_id, seq, type, data)
+    values (j.id, j.last_seq, 'retried',
+            jobcast.event_data(j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, 'retried',
+                jsonb_build_object('run_at', jobcast.rfc3339(j.run_at),
+                                   'max_attempts', j.max_attempts)));
+    perform pg_notify('jobcast_jobs', j.queue);
+    return next j;
+end
+$$;
+
+-- Pause or resume a queue. Workers stop claiming from a paused queue at their next claim
+-- (claim_jobs reads jobcast.queues); resuming wakes them at once.
+create or replace function jobcast.set_queue_paused(p_queue text, p_paused boolean)
+returns setof jobcast.queues
+language plpgsql as $$
+declare
+    q jobcast.queues;
+begin
+    insert into jobcast.queues (name, paused) values (p_queue, p_paused)
+    on conflict (name) do update set paused = excluded.paused, updated_at = now()
+    returning * into q;
+    if not p_paused then
+        perform pg_notify('jobcast_jobs', p_queue);
+    end if;
+    return next q;
+end
+$$;
+
+-- Every queue that has jobs or is paused (or only p_queue, whatever its state): jobs by
+-- status, the age of the oldest due job, and jobs finished per minute over the last 15
+-- minutes (oldest minute first; failed ones counted apart). Queued and running jobs are
+-- counted through their partial indexes; finished ones from jobcast.finished_counts where
+-- that exists (kept as jobs finish and are pruned), else row by row.
+create or replace function jobcast.queue_summaries(p_queue text)
+returns table (name text, paused boolean, jobs jsonb, oldest_queued_seconds double precision,
+               succeeded_per_minute integer[], failed_per_minute integer[])
+language plpgsql stable as $$
+declare
+    finished jsonb;
+begin
+    if to_regclass('jobcast.finished_counts') is not null then
+        select coalesce(jsonb_agg(jsonb_build_array(f.queue, f.status, f.n)), '[]') into finished
+          from (select c.queue, c.status::text as status, sum(c.value)::bigint as n
+                  from jobcast.finished_counts c
+                 where p_queue is null or c.queue = p_queue
+                 group by 1, 2 having sum(c.value) <> 0) f;
+    else
+        select coalesce(jsonb_agg(jsonb_build_array(f.queue, f.status, f.n)), '[]') into finished
+          from (select j.queue, j.status::text as status, count(*) as n
+                  from jobcast.jobs j
+                 where j.status in ('succeeded', 'failed', 'cancelled')
+                   and (p_queue is null or j.queue = p_queue)
+                 group by 1, 2) f;
+    end if;
+    return query
+    with counts as (
+        select j.queue, j.status::text as status, count(*) as n from jobcast.jobs j
+         where j.status = 'queued' and (p_queue is null or j.queue = p_queue) group by 1, 2
+        union all
+        select j.queue, j.status::text, count(*) from jobcast.jobs j
+         where j.status = 'running' and (p_queue is null or j.queue = p_queue) group by 1, 2
+        union all
+        select e->>0, e->>1, (e->>2)::bigint from jsonb_array_elements(finished) e
+    ), names as (
+        select c.queue as name from counts c
+        union select q.name from jobcast.queues q where q.paused and p_queue is null
+        union select p_queue where p_queue is not null
+    ), done as (
+        select j.queue, j.status,
+               14 - floor(extract(epoch from now() - j.finished_at) / 60)::integer as minute
+          from jobcast.jobs j
+         where j.finished_at > now() - interval '15 minutes'
+           and (p_queue is null or j.queue = p_queue)
+    )
+    select n.name, coalesce(q.paused, false),
+           (select jsonb_object_agg(s.status, coalesce(c.n, 0))
+              from unnest(enum_range(null::jobcast.job_status)) as s(status)
+              left join counts c on c.queue = n.name and c.status = s.status::text),
+           coalesce((select extract(epoch from now() - min(j.run_at))::float8
+                       from jobcast.jobs j
+                      where j.queue = n.name and j.status = 'queued' and j.run_at <= now()), 0),
+           (select array_agg((select count(*) from done d
+                               where d.queue = n.name and d.minute = m
+                                 and d.status = 'succeeded')::integer order by m)
+              from generate_series(0, 14) m),
+           (select array_agg((select count(*) from done d
+                               where d.queue = n.name and d.minute = m
+                                 and d.status = 'failed')::integer order by m)
+              from generate_series(0, 14) m)
+      from names n
+      left join jobcast.queues q on q.name = n.name
+     order by n.name;
+end
+$$;
+
+-- A worker's presence: the queues and kinds it takes and how busy it is, upserted every few
+-- seconds. Workers silent for an hour are forgotten.
+create or replace function jobcast.announce_worker(
+    p_worker text, p_queues text[], p_kinds text[], p_concurrency integer, p_running integer
+) returns void
+language sql as $$
+    insert into jobcast.workers (id, queues, kinds, concurrency, running)
+    values (p_worker, p_queues, p_kinds, p_concurrency, p_running)
+    on conflict (id) do update
+       set queues = excluded.queues, kinds = excluded.kinds,
+           concurrency = excluded.concurrency, running = excluded.running,
+           last_heartbeat = now();
+    delete from jobcast.workers where last_heartbeat < now() - interval '1 hour';
+$$;
+
+-- A stopping worker leaves at once instead of fading out.
+create or replace function jobcast.retire_worker(p_worker text) returns void
+language sql as $$
+    delete from jobcast.workers where id = p_worker
+$$;
+
+-- Whether some worker that heartbeated in the last 20 seconds takes p_kind from p_queue.
+create or replace function jobcast.kind_has_worker(p_queue text, p_kind text) returns boolean
+language sql stable as $$
+    select exists (
+        select 1 from jobcast.workers w
+         where w.last_heartbeat > now() - interval '20 seconds'
+           and p_queue = any(w.queues) and p_kind = any(w.kinds))
+$$;
+
+-- Why a queued job may be stuck, for people: null when nothing looks wrong. A job due for
+-- at least a minute whose kind no live worker takes from its queue, or in a paused queue.
+create or replace function jobcast.job_hint(
+    p_queue text, p_kind text, p_status jobcast.job_status, p_run_at timestamptz
+) returns text
+language sql stable as $$
+    select case
+        when p_status <> 'queued' or p_run_at > now() then null
+        when exists (select 1 from jobcast.queues q where q.name = p_queue and q.paused)
+            then 'queue ' || p_queue || ' is paused'
+        when p_run_at > now() - interval '1 minute' then null
+        when jobcast.kind_has_worker(p_queue, p_kind) then null
+        else 'no worker has claimed kind ' || p_kind || ' in '
+             || floor(extract(epoch from now() - p_run_at) / 60)::bigint || ' minutes'
+             || ' (no live worker takes it from queue ' || p_queue || ')'
+    end
+$$;
+
+-- Kinds with due jobs that no live worker takes from their queue: for /metrics and the
+-- console. Skips paused queues (nothing is supposed to run there).
+create or replace function jobcast.kinds_without_worker()
+returns table (queue text, kind text, jobs bigint, oldest_due_seconds double precision)
+language sql stable as $$
+    select j.queue, j.kind, count(*), extract(epoch from now() - min(j.run_at))::float8
+      from jobcast.jobs j
+     where j.status = 'queued' and j.run_at <= now()
+       and not exists (select 1 from jobcast.queues q where q.name = j.queue and q.paused)
+     group by j.queue, j.kind
+    having not jobcast.kind_has_worker(j.queue, j.kind)
+     order by 1, 2
+$$;
+
+-- A serve process publishes its open job streams: p_job_ids/p_streams are the counts that
+-- changed since its last call (0 removes the row). Every call refreshes the pod's
+-- last_seen; pods silent for a minute are removed with their counts.
+create or replace function jobcast.publish_stream_counts(
+    p_pod text, p_job_ids bigint[], p_streams integer[]
+) returns void
+language sql as $$
+    insert into jobcast.stream_pods (id) values (p_pod)
+    on conflict (id) do update set last_seen = now();
+    delete from jobcast.stream_counts c
+     using unnest(p_job_ids, p_streams) as u(job_id, streams)
+     where c.pod = p_pod and c.job_id = u.job_id and u.streams <= 0;
+    insert into jobcast.stream_counts (pod, job_id, streams)
+    select p_pod, u.job_id, u.streams from unnest(p_job_ids, p_streams) as u(job_id, streams)
+     where u.streams > 0
+    on conflict (job_id, pod) do update set streams = excluded.streams;
+    delete from jobcast.stream_pods where last_seen < now() - interval '1 minute';
+$$;
+
+-- A stopping serve process takes its counts with it.
+create or replace function jobcast.retire_stream_pod(p_pod text) returns void
+language sql as $$
+    delete from jobcast.stream_pods where id = p_pod
+$$;
+
+-- Streams open on a job across every serve process heard from in the last 10 seconds.
+create or replace function jobcast.job_subscribers(p_job_id bigint) returns bigint
+language sql stable as $$
+    select coalesce(sum(c.streams), 0)::bigint
+      from jobcast.stream_counts c
+      join jobcast.stream_pods p on p.id = c.pod
+     where c.job_id = p_job_id and p.last_seen > now() - interval '10 seconds'
 $$;

@@ -91,11 +91,12 @@ pub fn is_terminal_event(event_type: &str) -> bool {
 }
 
 /// Event types that jobcast itself emits; handlers may not use them for custom events.
-pub const BUILTIN_EVENT_TYPES: [&str; 7] = [
+pub const BUILTIN_EVENT_TYPES: [&str; 8] = [
     "queued",
     "started",
     "progress",
     "retrying",
+    "retried",
     "succeeded",
     "failed",
     "cancelled",
@@ -398,6 +399,12 @@ pub struct Job {
     pub updated_at: String,
     /// Seq of the job's latest event.
     pub last_event_id: i32,
+    /// Streams open on this job across every serve process (a few seconds old at most);
+    /// 0 where the query that built the object did not count them.
+    pub subscribers: i64,
+    /// Why a queued job may be stuck ("no worker has claimed kind X in N minutes", "queue Q
+    /// is paused"); null when nothing looks wrong or the query did not ask.
+    pub hint: Option<String>,
     /// Where to read it and stream it.
     pub links: Links,
     #[serde(skip)]
@@ -438,6 +445,18 @@ impl<'a> tokio_postgres::types::FromSql<'a> for SqlStatus {
     }
 }
 
+/// A column that only some queries select (see `job_columns!` in `db::jobs`).
+fn optional_column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    name: &str,
+) -> Result<Option<T>, tokio_postgres::Error> {
+    if row.columns().iter().any(|c| c.name() == name) {
+        row.try_get(name).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 impl Job {
     /// Builds the API object from a `jobcast.jobs` row.
     pub fn from_row(row: &Row) -> Result<Job, tokio_postgres::Error> {
@@ -466,6 +485,8 @@ impl Job {
             finished_at: ts("finished_at")?,
             updated_at: ts("updated_at")?.unwrap_or_default(),
             last_event_id: row.try_get("last_seq")?,
+            subscribers: optional_column(row, "subscribers")?.unwrap_or(0),
+            hint: optional_column(row, "hint")?.flatten(),
             links: Links {
                 this: format!("/v1/jobs/{id}"),
                 events: format!("/v1/jobs/{id}/events"),

@@ -9,7 +9,7 @@
 //! - [`listener`]: the dedicated LISTEN connection, with keepalives and reconnects.
 //! - [`worker`]: the loop (wake, claim a batch, run, finish), the [`Handler`] API, demo handlers.
 //! - [`hub`]: per-process fan-out of committed events to every open stream.
-//! - [`web`]: the HTTP API, SSE streams, metrics and the dashboard page.
+//! - [`web`]: the HTTP API, SSE streams, metrics and the console page (with `/client.js`).
 //! - [`embedded`]: the private PostgreSQL cluster of `jobcast dev`.
 //! - [`client`]: `jobcast submit` and `jobcast watch`, over the HTTP API.
 //!

@@ -50,10 +50,24 @@ pub async fn enqueue_job(
     })
 }
 
+/// The columns of a job object read for clients: the row plus its live subscriber count and
+/// its hint (see `jobcast.job_subscribers` and `jobcast.job_hint`). A macro so that queries
+/// stay `&'static str` literals (`concat!`), never strings built at run time.
+macro_rules! job_columns {
+    () => {
+        "j.*, jobcast.job_subscribers(j.id) as subscribers,
+         jobcast.job_hint(j.queue, j.kind, j.status, j.run_at) as hint"
+    };
+}
+
 /// One job by id.
 pub async fn get_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
     let statement = client
-        .prepare_cached("select * from jobcast.jobs where id = $1")
+        .prepare_cached(concat!(
+            "select ",
+            job_columns!(),
+            " from jobcast.jobs j where id = $1"
+        ))
         .await?;
     let row = client.query_opt(&statement, &[&id.0]).await?;
     Ok(row.as_ref().map(Job::from_row).transpose()?)
@@ -77,15 +91,17 @@ pub struct JobFilter {
 /// Jobs newest first, by keyset pagination on the id.
 pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Result<Vec<Job>> {
     let statement = client
-        .prepare_cached(
-            "select * from jobcast.jobs
+        .prepare_cached(concat!(
+            "select ",
+            job_columns!(),
+            " from jobcast.jobs j
               where ($1::text is null or queue = $1)
                 and ($2::text is null or kind = $2)
                 and ($3::text is null or status = $3::text::jobcast.job_status)
                 and ($4::bigint is null or id < $4)
               order by id desc
-              limit $5",
-        )
+              limit $5"
+        ))
         .await?;
     let status = filter.status.map(Status::as_str);
     let rows = client

@@ -101,6 +101,7 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
             "# HELP jobcast_{name}_total {help}\n# TYPE jobcast_{name}_total counter\njobcast_{name}_total {value}\n"
         );
     }
+    super::queues::render_kinds_without_worker(&client, &mut text).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))

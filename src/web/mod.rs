@@ -13,11 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WebArgs;
 use crate::hub::Hub;
 
+mod assets;
 mod edge;
 pub mod jobs;
 mod metrics;
+mod peers;
 pub mod problem;
+pub mod queues;
 pub mod stream;
+pub mod subscribers;
 
 use problem::ApiError;
 
@@ -65,7 +69,10 @@ pub fn build(
             .wrap(actix_web::middleware::from_fn(edge::check))
             .wrap(actix_web::middleware::from_fn(request_deadline))
             .wrap(cors(&cors_origins))
-            .route("/", web::get().to(dashboard))
+            .route("/", web::get().to(assets::console_html))
+            .route("/console.js", web::get().to(assets::console_js))
+            .route("/client.js", web::get().to(assets::client_js))
+            .route("/client.d.ts", web::get().to(assets::client_d_ts))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics::render))
@@ -75,6 +82,17 @@ pub fn build(
             .route("/v1/jobs/{id}", web::get().to(jobs::get_job))
             .route("/v1/jobs/{id}/cancel", web::post().to(jobs::cancel_job))
             .route("/v1/jobs/{id}/events", web::get().to(stream::job_events))
+            .route("/v1/jobs/{id}/retry", web::post().to(queues::retry_job))
+            .route("/v1/queues", web::get().to(queues::list_queues))
+            .route(
+                "/v1/queues/{name}/pause",
+                web::post().to(queues::pause_queue),
+            )
+            .route(
+                "/v1/queues/{name}/resume",
+                web::post().to(queues::resume_queue),
+            )
+            .route("/v1/workers", web::get().to(queues::list_workers))
             .route("/v1/events", web::get().to(stream::all_events))
             .default_service(web::to(not_found))
     })
@@ -126,6 +144,7 @@ pub async fn serve(
     let listener = TcpListener::bind(args.listen)?;
     let address = listener.local_addr()?;
     let hub = Hub::start(listen_config, pool.clone(), shutdown.clone());
+    subscribers::start(pool.clone(), shutdown.clone());
     let state = WebState {
         pool,
         hub,
@@ -181,10 +200,4 @@ async fn readyz(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
             if listening { "up" } else { "down" }
         )))
     }
-}
-
-async fn dashboard() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("dashboard.html"))
 }

@@ -124,6 +124,7 @@ pub async fn job_events(
         subscription: state.hub.subscribe(id.0),
         state: state.clone(),
         _gauge: StreamGauge::open(),
+        _subscriber: super::subscribers::Subscriber::open(id.0, &req),
     };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {
         let event = follower.next().await?;
@@ -142,6 +143,7 @@ struct JobFollower {
     subscription: Subscription,
     state: web::Data<WebState>,
     _gauge: StreamGauge,
+    _subscriber: super::subscribers::Subscriber,
 }
 
 impl JobFollower {
@@ -152,7 +154,8 @@ impl JobFollower {
                     continue;
                 }
                 self.last_seq = frame.seq;
-                self.done = frame.is_terminal();
+                // A retried job's replay goes on past its old terminal event.
+                self.done = frame.is_terminal() && self.backlog.is_empty();
                 return Some(render(&frame, frame.seq.to_string()));
             }
             if self.done {

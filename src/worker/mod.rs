@@ -22,6 +22,7 @@ pub mod demo;
 pub mod exec;
 mod handler;
 mod maintenance;
+mod presence;
 pub mod writer;
 
 pub use handler::{Handler, HandlerError, JobContext, Registry};
@@ -151,6 +152,7 @@ pub async fn run(
     );
     tokio::spawn(route_signals(state.clone(), signals, wake.clone()));
     tokio::spawn(heartbeat_loop(state.clone(), background.clone()));
+    let presence = tokio::spawn(presence::run(state.clone(), background.clone()));
     tokio::spawn(maintenance::run(
         state.pool.clone(),
         state.args.clone(),
@@ -181,6 +183,7 @@ pub async fn run(
         while jobs.join_next().await.is_some() {}
     }
     background.cancel();
+    let _ = presence.await;
     // Every job has ended: give the writer a bounded time to flush what they left.
     close_writer.cancel();
     if tokio::time::timeout(Duration::from_secs(10), &mut writer_task)

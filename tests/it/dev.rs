@@ -44,7 +44,7 @@ async fn dev_comes_up_from_a_clean_directory_serves_the_page_and_runs_a_demo_job
         .unwrap()
         .starts_with("text/html"));
     let html = page.text().await.unwrap();
-    assert!(html.contains("EventSource") && html.contains("demo.steps"));
+    assert!(html.contains("<script type=\"module\" src=\"/console.js\">"));
 
     eventually("readyz 200", Duration::from_secs(10), || async {
         let ready = http().get(format!("{url}/readyz")).send().await.unwrap();

@@ -7,6 +7,7 @@ mod common;
 mod cancel;
 mod chaos;
 mod cli;
+mod console;
 mod dev;
 mod exec;
 mod firehose;

@@ -1,0 +1,117 @@
+//! Operator routes: retry a job, queues (summaries, pause, resume) and the workers seen.
+//! Thin like `jobs`: parse at the edge, call `db::console`, shape the answer.
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::jobs::parse_job_id;
+use super::problem::ApiError;
+use super::WebState;
+use crate::db;
+use crate::job::{is_name, Status};
+
+/// `POST /v1/jobs/{id}/retry`: a failed or cancelled job goes back to `queued`, due now.
+#[tracing::instrument(skip_all, fields(job_id = %path))]
+pub async fn retry_job(
+    path: web::Path<String>,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let client = state.pool.get().await?;
+    if db::console::retry_job(&client, id).await?.is_some() {
+        tracing::info!("retried");
+        // Re-read for the full object (subscribers, hint).
+        let job = db::jobs::get_job(&client, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
+        return Ok(HttpResponse::Accepted().json(job));
+    }
+    match db::jobs::get_job(&client, id).await? {
+        None => Err(ApiError::NotFound(format!("no job with id {id}"))),
+        // Failed or cancelled, yet refused: it is at the 100-attempt ceiling.
+        Some(job) if matches!(job.status, Status::Failed | Status::Cancelled) => Err(
+            ApiError::Conflict(format!("job {id} has used all 100 attempts a job may have")),
+        ),
+        Some(job) => Err(ApiError::Conflict(format!(
+            "job {id} is {}; only a failed or cancelled job can be retried",
+            job.status.as_str()
+        ))),
+    }
+}
+
+/// `GET /v1/queues`: every queue that has jobs or is paused.
+pub async fn list_queues(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await?;
+    let queues = db::console::queue_summaries(&client, None).await?;
+    Ok(HttpResponse::Ok().json(json!({ "queues": queues })))
+}
+
+fn queue_name(raw: &str) -> Result<&str, ApiError> {
+    if is_name(raw, 64) {
+        Ok(raw)
+    } else {
+        Err(ApiError::invalid(
+            "queue",
+            "must be 1-64 characters of [A-Za-z0-9_.:-]",
+        ))
+    }
+}
+
+async fn set_paused(name: &str, paused: bool, state: &WebState) -> Result<HttpResponse, ApiError> {
+    let name = queue_name(name)?;
+    let client = state.pool.get().await?;
+    db::console::set_queue_paused(&client, name, paused).await?;
+    tracing::info!(queue = name, paused, "queue state changed");
+    let queue = db::console::queue_summaries(&client, Some(name))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("queue summary missing after update".into()))?;
+    Ok(HttpResponse::Ok().json(queue))
+}
+
+/// `POST /v1/queues/{name}/pause`: no worker claims from it until it is resumed.
+pub async fn pause_queue(
+    path: web::Path<String>,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(&path, true, &state).await
+}
+
+/// `POST /v1/queues/{name}/resume`
+pub async fn resume_queue(
+    path: web::Path<String>,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(&path, false, &state).await
+}
+
+/// `GET /v1/workers`: workers heard from in the last hour, and the kinds with due jobs that
+/// no live worker takes.
+pub async fn list_workers(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await?;
+    let workers = db::console::list_workers(&client).await?;
+    let unhandled = db::console::kinds_without_worker(&client).await?;
+    Ok(HttpResponse::Ok().json(json!({ "workers": workers, "kinds_without_worker": unhandled })))
+}
+
+/// `/metrics`: `jobcast_kind_without_worker_seconds{queue,kind}`, how long the oldest due job
+/// of a kind that no live worker takes has waited, each with its hint as a comment line.
+pub async fn render_kinds_without_worker(
+    client: &impl db::GenericClient,
+    text: &mut String,
+) -> Result<(), ApiError> {
+    use std::fmt::Write;
+    let kinds = db::console::kinds_without_worker(client).await?;
+    text.push_str(
+        "# HELP jobcast_kind_without_worker_seconds Age of the oldest due job of a kind no live worker takes from its queue\n\
+         # TYPE jobcast_kind_without_worker_seconds gauge\n",
+    );
+    for k in kinds {
+        let _ = writeln!(
+            text,
+            "# {}\njobcast_kind_without_worker_seconds{{queue=\"{}\",kind=\"{}\"}} {:.3}",
+            k.hint, k.queue, k.kind, k.oldest_due_seconds
+        );
+    }
+    Ok(())
+}
