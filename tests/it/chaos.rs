@@ -1,8 +1,8 @@
 //! A randomized fault run from outside: hundreds of jobs through 2 `serve` and 2 `work`
 //! processes while workers are killed (-9) and SIGTERMed, web processes killed, PostgreSQL
-//! restarted, jobs cancelled and retried, and followers reconnect with `Last-Event-ID` to
+//! restarted, jobs cancelled and retried (`POST /v1/jobs/ID/retry`), and followers reconnect with `Last-Event-ID` to
 //! whichever web process is up. At the end every job is terminal, every job's events are
-//! gapless with exactly one terminal event (the last), every job follower saw exactly the
+//! gapless, end with a terminal event and have one per run (a retry starts another), every job follower saw exactly the
 //! job's sequence and every firehose follower saw every event exactly once, in order per job.
 //!
 //! Seeded: `JOBCAST_CHAOS_SEED` (default 14), `JOBCAST_CHAOS_JOBS` (default 200).
@@ -210,7 +210,16 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
                     cluster.start().await.unwrap();
                 }
                 _ => {
-                    // Cancel a few recent jobs, and retry a failed one when the API has it.
+                    // Cancel a few recent jobs, and retry some of them (and of any others
+                    // that have ended by now).
+                    for id in ids.iter().rev().skip(1).step_by(5).take(4) {
+                        let server = any_server(&servers, &mut rng);
+                        let _ = http()
+                            .post(format!("{server}/v1/jobs/{id}/retry"))
+                            .json(&json!({}))
+                            .send()
+                            .await;
+                    }
                     for id in ids.iter().rev().take(3) {
                         let server = any_server(&servers, &mut rng);
                         let _ = http()
@@ -270,10 +279,11 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
             .iter()
             .filter(|t| ["succeeded", "failed", "cancelled"].contains(&t.as_str()))
             .collect();
+        let retried = types.iter().filter(|t| *t == "retried").count();
         assert_eq!(
             terminal.len(),
-            1,
-            "job {job}: one terminal event: {types:?}"
+            retried + 1,
+            "job {job}: one terminal event per run (a retry starts one): {types:?}"
         );
         assert_eq!(
             Some(terminal[0]),
@@ -322,7 +332,15 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
             assert_eq!(seqs, expected, "job {job}: firehose order");
         }
     }
-    eprintln!("chaos: {} jobs, {all_events} events, all exact", ids.len());
+    let retried = table
+        .values()
+        .flatten()
+        .filter(|(_, kind)| kind == "retried")
+        .count();
+    eprintln!(
+        "chaos: {} jobs, {all_events} events ({retried} retries), all exact",
+        ids.len()
+    );
 
     drop(serves);
     drop(workers);
