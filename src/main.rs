@@ -38,6 +38,9 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         web: WebArgs,
+        /// Migrate the database at start instead of refusing a schema that is behind.
+        #[arg(long, env = "JOBCAST_MIGRATE")]
+        migrate: bool,
     },
     /// A worker process with the demo handlers (run as many as you like).
     Work {
@@ -45,6 +48,9 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         work: WorkArgs,
+        /// Migrate the database at start instead of refusing a schema that is behind.
+        #[arg(long, env = "JOBCAST_MIGRATE")]
+        migrate: bool,
     },
     /// Apply migrations and SQL functions (safe from several processes at once).
     Migrate {
@@ -107,7 +113,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("jobcast: {e:#}");
+            // Each cause once: most errors repeat their cause in their own message.
+            eprintln!("jobcast: {}", db::describe(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -134,17 +141,27 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             web,
             work,
         } => dev(database, web, work).await,
-        Command::Serve { database, web } => {
+        Command::Serve {
+            database,
+            web,
+            migrate,
+        } => {
             let url = required_url(&database)?;
+            ensure_schema(&url, migrate).await?;
             raise_open_file_limit();
             let pool = db::pool(&url, "jobcast-serve", 32)?;
             let listen = db::connection_config(&url, "jobcast-serve-listen")?;
             web::serve(&web, pool, listen, shutdown::on_signal()).await?;
             Ok(0)
         }
-        Command::Work { database, work } => {
+        Command::Work {
+            database,
+            work,
+            migrate,
+        } => {
             let url = required_url(&database)?;
             check_queues(&work)?;
+            ensure_schema(&url, migrate).await?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
             let listen = db::connection_config(&url, "jobcast-work-listen")?;
             let registry = Registry::new().with_demo_handlers();
@@ -209,6 +226,27 @@ fn required_url(database: &DatabaseArgs) -> anyhow::Result<String> {
     match &database.database_url {
         Some(url) => Ok(url.clone()),
         None => bail!("DATABASE_URL is not set (or pass --database-url)"),
+    }
+}
+
+/// Refuses to start on a database whose schema is behind this binary (or migrates it, with
+/// `--migrate`). An unreachable database is only a warning: the process waits for it, and
+/// `/readyz` says 503 meanwhile.
+async fn ensure_schema(url: &str, migrate: bool) -> anyhow::Result<()> {
+    let config = db::connection_config(url, "jobcast-schema-check")?;
+    match db::schema::check(&config).await {
+        Ok(state) if state.is_current() => Ok(()),
+        Ok(_) if migrate => {
+            db::migrate::run(url).await?;
+            tracing::info!("migrated the database (--migrate)");
+            Ok(())
+        }
+        Ok(state) => bail!("{}", state.problem()),
+        Err(e) if e.is_connection() && !migrate => {
+            tracing::warn!("{e}; starting anyway, and retrying");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -106,7 +106,7 @@ fn cors(origins: &[String]) -> Cors {
 pub async fn serve(
     args: &WebArgs,
     pool: Pool,
-    listen_config: tokio_postgres::Config,
+    listen_config: crate::db::ConnectionConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.listen)?;
@@ -147,15 +147,23 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
-    let database = tokio::time::timeout(Duration::from_secs(2), async {
+    // The probe reads the schema version: reaching the database is not enough while it
+    // has not been migrated to what this binary needs.
+    let schema = tokio::time::timeout(Duration::from_secs(2), async {
         let client = state.pool.get().await.ok()?;
-        client.simple_query("").await.ok()
+        crate::db::schema::state(&client).await.ok()
     })
     .await
     .ok()
-    .flatten()
-    .is_some();
+    .flatten();
+    let database = schema.is_some();
     let listening = state.hub.is_listening();
+    if let Some(behind) = schema.filter(|s| !s.is_current()) {
+        return Err(ApiError::Unavailable(format!(
+            "not ready: {}",
+            behind.problem()
+        )));
+    }
     if database && listening {
         Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
     } else {

@@ -90,7 +90,7 @@ pub fn worker_id() -> String {
 /// finish, the rest are handed back without counting the attempt.
 pub async fn run(
     pool: Pool,
-    listen_config: tokio_postgres::Config,
+    listen_config: crate::db::ConnectionConfig,
     args: WorkArgs,
     registry: Registry,
     shutdown: CancellationToken,

@@ -15,6 +15,7 @@ mod retries;
 mod shutdown;
 mod slow_clients;
 mod streaming;
+mod tls;
 mod validation;
 mod web_failover;
 mod worker_crash;
