@@ -39,7 +39,7 @@ enum Command {
         #[command(flatten)]
         web: WebArgs,
         /// Migrate the database at start instead of refusing a schema that is behind.
-        #[arg(long, env = "JOBCAST_MIGRATE")]
+        #[arg(long, env = "JOBCAST_MIGRATE", value_parser = clap::builder::BoolishValueParser::new())]
         migrate: bool,
     },
     /// A worker process with the demo handlers (run as many as you like).
@@ -49,7 +49,7 @@ enum Command {
         #[command(flatten)]
         work: WorkArgs,
         /// Migrate the database at start instead of refusing a schema that is behind.
-        #[arg(long, env = "JOBCAST_MIGRATE")]
+        #[arg(long, env = "JOBCAST_MIGRATE", value_parser = clap::builder::BoolishValueParser::new())]
         migrate: bool,
     },
     /// Apply migrations and SQL functions (safe from several processes at once).

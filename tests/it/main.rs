@@ -12,6 +12,7 @@ mod idempotency;
 mod operations;
 mod postgres_restart;
 mod retries;
+mod schema;
 mod shutdown;
 mod slow_clients;
 mod streaming;
