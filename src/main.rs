@@ -89,6 +89,15 @@ enum Command {
         #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Exit 0 when URL/readyz answers 200 within 5 s, else 1 (for container health checks).
+    Health {
+        /// The web tier's URL (default: the --listen address, through loopback).
+        #[arg(long)]
+        url: Option<String>,
+        /// The address `serve` listens on, when --url is not given.
+        #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Stream a job's events to the terminal until it ends.
     Watch {
         /// The job id.
@@ -101,7 +110,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Submit { .. } | Command::Watch { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Submit { .. } | Command::Watch { .. } | Command::Health { .. }
+    );
     init_logging(quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -209,6 +221,19 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                 follow,
             )
             .await
+        }
+        Command::Health { url, listen } => {
+            let url = jobcast::health::probe_url(url.as_deref(), listen);
+            match jobcast::health::check(&url).await {
+                Ok(()) => {
+                    println!("ready: {url}");
+                    Ok(0)
+                }
+                Err(reason) => {
+                    eprintln!("jobcast: not ready: {reason}");
+                    Ok(1)
+                }
+            }
         }
         Command::Watch { job_id, server } => {
             let client = client::Client::new(&server);

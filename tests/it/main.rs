@@ -8,6 +8,7 @@ mod cancel;
 mod cli;
 mod dev;
 mod firehose;
+mod health;
 mod idempotency;
 mod operations;
 mod postgres_restart;
