@@ -7,6 +7,7 @@ mod common;
 mod cancel;
 mod cli;
 mod dev;
+mod docs;
 mod firehose;
 mod health;
 mod idempotency;
