@@ -38,7 +38,7 @@ pub async fn check(url: &str) -> Result<(), String> {
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", crate::db::describe(&e)))?;
+        .map_err(|e| format!("{url}: {}", crate::db::one_line(&e)))?;
     let status = response.status();
     if status == reqwest::StatusCode::OK {
         return Ok(());

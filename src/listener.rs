@@ -108,7 +108,7 @@ async fn listen_once(
     client
         .batch_execute(listen_sql)
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .map_err(|e| crate::db::one_line(&e))?;
     connected.store(true, Ordering::SeqCst);
     let _ = tx.send(Signal::Connected { reconnected });
     if reconnected {

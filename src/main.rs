@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // Each cause once: most errors repeat their cause in their own message.
-            eprintln!("jobcast: {}", db::describe(e.as_ref()));
+            eprintln!("jobcast: {}", db::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -138,7 +138,8 @@ fn init_logging(quiet: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var("JOBCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -293,6 +294,8 @@ fn raise_open_file_limit() {
 
 async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyhow::Result<u8> {
     check_queues(&work)?;
+    // Bind first: a taken address fails before a cluster or a worker starts.
+    let listener = web::bind(web_args.listen)?;
     let mut cluster = None;
     let url = match database.database_url {
         Some(url) => url,
@@ -301,6 +304,8 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
                 .await
                 .context("cannot start the embedded PostgreSQL")?;
             let url = started.url();
+            // The private cluster's URL (its password is in .jobcast/pg/password anyway).
+            println!("database: {url}");
             cluster = Some(started);
             url
         }
@@ -321,7 +326,10 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
         registry,
         worker_shutdown.clone(),
     ));
-    let served = web::serve(&web_args, pool, web_listen, shutdown.clone()).await;
+    let address = listener.local_addr()?;
+    // submit and watch need the address when it is not the default one.
+    println!("export JOBCAST_SERVER=http://{address}");
+    let served = web::serve_on(listener, &web_args, pool, web_listen, shutdown.clone()).await;
     shutdown.cancel();
     worker_shutdown.cancel();
     let _ = worker.await;
@@ -345,11 +353,20 @@ async fn submit(server: &str, submission: client::Submission, follow: bool) -> a
         println!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(0);
     }
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !on_terminal {
+        // No progress bar off a terminal: say which job the result is for.
+        eprintln!("job {id}");
+    }
     let view = client::ProgressView::new(&id);
     let status = client
         .follow(&id, |event_type, data| view.show(event_type, data))
         .await?;
     view.finish();
+    if on_terminal {
+        // The bar's line has no newline of its own: the result goes on the next line.
+        eprintln!();
+    }
     let job = client.job(&id).await?;
     match status {
         jobcast::job::Status::Succeeded => println!("{}", job["result"]),

@@ -115,7 +115,7 @@ impl ConnectionConfig {
 
     /// `cannot connect to HOST:PORT: reason`.
     pub fn connect_error(&self, error: &(dyn std::error::Error + 'static)) -> Error {
-        let mut reason = describe(error);
+        let mut reason = one_line(error);
         if reason.contains("UnknownIssuer") {
             reason.push_str(" (no CA in sslrootcert issued the server's certificate)");
         }
@@ -137,7 +137,7 @@ impl std::fmt::Debug for ConnectionConfig {
 
 /// One line for an error and its causes, each said once: tokio-postgres (and most
 /// wrappers) repeat their cause in their own message *and* return it as `source()`.
-pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {
@@ -176,7 +176,7 @@ pub fn connection_config(url: &str, application: &str) -> Result<ConnectionConfi
     let (rest, tls_params) = tls::split_url(url).map_err(Error::Url)?;
     let mut config: tokio_postgres::Config = rest
         .parse()
-        .map_err(|e: tokio_postgres::Error| Error::Url(describe(&e)))?;
+        .map_err(|e: tokio_postgres::Error| Error::Url(one_line(&e)))?;
     let (wire_mode, tls) = tls::connector(&tls_params).map_err(Error::Url)?;
     config
         .ssl_mode(wire_mode)

@@ -109,7 +109,29 @@ pub async fn serve(
     listen_config: crate::db::ConnectionConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(args.listen)?;
+    serve_on(bind(args.listen)?, args, pool, listen_config, shutdown).await
+}
+
+/// Binds the address to serve on; the error names it (and what to do).
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).map_err(|e| {
+        let advice = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another jobcast running? choose another address with --listen or JOBCAST_LISTEN)"
+        } else {
+            ""
+        };
+        std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{advice}"))
+    })
+}
+
+/// Runs the web tier on an already bound listener (from [`bind`]) until `shutdown`.
+pub async fn serve_on(
+    listener: TcpListener,
+    args: &WebArgs,
+    pool: Pool,
+    listen_config: crate::db::ConnectionConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     let hub = Hub::start(listen_config, pool.clone(), shutdown.clone());
     let state = WebState {

@@ -19,6 +19,7 @@ mod shutdown;
 mod slow_clients;
 mod streaming;
 mod tls;
+mod usability;
 mod validation;
 mod web_failover;
 mod worker_crash;
