@@ -14,6 +14,19 @@ use serde_json::json;
 
 use crate::common::*;
 
+/// Stops the cluster (SIGQUIT: immediate) should the test fail midway.
+struct StopOnDrop(std::path::PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("postmaster.pid")) {
+            if let Some(pid) = pid.lines().next() {
+                let _ = Command::new("kill").args(["-QUIT", pid]).status();
+            }
+        }
+    }
+}
+
 /// A CA's certificate (PEM) and an issuer to sign with.
 fn certificate_authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -66,6 +79,7 @@ async fn connects_over_tls_with_each_sslmode_and_says_clearly_why_not() {
         .await
         .expect("own cluster");
     cluster.stop_now("fast").await.unwrap();
+    let _stop = StopOnDrop(cluster.data_dir());
 
     let (ca_pem, ca) = certificate_authority("jobcast test CA");
     let (other_ca_pem, _) = certificate_authority("some other CA");

@@ -353,3 +353,76 @@ async fn submit_follow_prints_the_result_on_its_own_line() {
     assert_eq!(last, r#"{"steps":2}"#, "{screen:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A PostgreSQL program, from PATH or Debian's versioned directories.
+fn pg_program(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        found.pop()
+    })
+}
+
+#[tokio::test]
+async fn a_cluster_made_by_an_older_jobcast_stops_trusting_everyone() {
+    let Some(initdb) = pg_program("initdb") else {
+        eprintln!("skipped: no initdb");
+        return;
+    };
+    // What older versions made: --auth=trust, no password file.
+    let dir = temp_dir("legacy");
+    let pg = dir.join(".jobcast/pg");
+    std::fs::create_dir_all(&pg).unwrap();
+    let mut command = if is_root() {
+        Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&pg)
+            .status()
+            .unwrap();
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(&initdb);
+        c
+    } else {
+        Command::new(&initdb)
+    };
+    let made = command
+        .arg("-D")
+        .arg(pg.join("data"))
+        .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let dev = Dev::start(&dir);
+    let database = dev.printed.0.clone();
+    let port = database
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let without = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    assert!(
+        tokio_postgres::connect(&without, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "no longer trusts a connection without the password"
+    );
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .expect("the printed URL works");
+    tokio::spawn(connection);
+    client.simple_query("select 1").await.unwrap();
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}
