@@ -1,8 +1,23 @@
-# Small runtime image: a static-ish release binary on Debian slim (no PostgreSQL inside:
-# point DATABASE_URL at yours, or use `jobcast dev` outside a container).
+# syntax=docker/dockerfile:1
+# Small runtime image: a release binary on Debian slim (no PostgreSQL inside: point
+# DATABASE_URL at yours; TLS to it is rustls, so the image needs no OpenSSL).
+#
+#   docker build -t jobcast .
+#   docker run --rm -e DATABASE_URL=... jobcast migrate     # once per release, before serve/work
+#   docker run -e DATABASE_URL=... -p 8080:8080 jobcast serve
+#   docker run -e DATABASE_URL=... jobcast work
+# deploy/compose.yaml runs the whole set (PostgreSQL, migrate, 2 serve behind nginx, 2 work).
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
+# Dependencies first, in a layer of their own: built against placeholder sources, so a
+# change to src/ rebuilds only jobcast itself.
 COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/jobcast.rs \
+ && cargo build --release --locked --bin jobcast \
+ && rm -rf src benches
 COPY src src
 COPY migrations migrations
 COPY sql sql
@@ -10,7 +25,10 @@ COPY sql sql
 COPY clients/js clients/js
 COPY examples examples
 COPY benches benches
-RUN cargo build --release --locked --bin jobcast && strip target/release/jobcast
+# Newer than the placeholders whatever the context's timestamps: cargo rebuilds jobcast.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked --bin jobcast \
+ && strip target/release/jobcast
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 jobcast
@@ -18,5 +36,8 @@ COPY --from=build /src/target/release/jobcast /usr/local/bin/jobcast
 USER jobcast
 ENV JOBCAST_LISTEN=0.0.0.0:8080
 EXPOSE 8080
+# For `serve` (and `dev`); a `work` container has no HTTP port: turn it off there
+# (compose: `healthcheck: {disable: true}`).
+HEALTHCHECK --interval=10s --timeout=6s --start-period=10s --retries=3 CMD ["jobcast", "health"]
 ENTRYPOINT ["jobcast"]
 CMD ["serve"]

@@ -59,14 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL")?;
     jobcast::db::migrate::run(&url).await?;
     let registry = Registry::new().register("report.render", render_report);
+    // `jobcast work`'s defaults (queue `default`, 30 s leases, ...), changed where needed.
     let args = jobcast::config::WorkArgs {
-        queues: vec!["default".into()],
         concurrency: 4,
-        lease_secs: 30.0,
-        retry_base_ms: 1000,
-        grace_secs: 30.0,
-        retention_days: 7.0,
-        exec: Vec::new(),
+        ..Default::default()
     };
     let pool = jobcast::db::pool(&url, "report-worker", 8)?;
     let listen = jobcast::db::connection_config(&url, "report-worker-listen")?;

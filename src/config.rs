@@ -98,6 +98,30 @@ impl WorkArgs {
     }
 }
 
+/// The command-line defaults, without reading the environment: the one place the defaults
+/// are written is the `#[arg]` attributes above.
+fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("jobcast")).mut_args(|arg| arg.env(None));
+    let matches = command.get_matches_from(["jobcast"]);
+    // Cannot fail: every default is a literal its own parser accepts (unit test below).
+    T::from_arg_matches(&matches).unwrap_or_else(|e| unreachable!("invalid default: {e}"))
+}
+
+/// `jobcast work`'s defaults, for programs that run their own handlers:
+/// `WorkArgs { concurrency: 4, ..Default::default() }`.
+impl Default for WorkArgs {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// `jobcast serve`'s defaults, for programs that run the web tier themselves.
+impl Default for WebArgs {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
 fn parse_positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -109,5 +133,24 @@ fn parse_non_negative_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("expected a non-negative number, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let work = WorkArgs::default();
+        assert_eq!(work.queues, ["default"]);
+        assert_eq!(work.concurrency, 8);
+        assert_eq!(work.lease_secs, 30.0);
+        assert_eq!(work.retry_base_ms, 1000);
+        assert_eq!(work.grace_secs, 30.0);
+        let web = WebArgs::default();
+        assert_eq!(web.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(web.heartbeat_secs, 15);
+        assert_eq!(web.max_body_bytes, 1_048_576);
     }
 }

@@ -1,8 +1,11 @@
 //! The private PostgreSQL of `jobcast dev` (and of the tests that restart their database):
 //! a cluster under a directory of ours, from the PostgreSQL binaries on the machine. It is
-//! created once, started when not running, and reused when it is. PostgreSQL refuses to run
-//! as root, so as root the cluster belongs to `nobody`.
-use std::os::unix::fs::MetadataExt;
+//! created once, started when not running, and reused when it is, on the same port each
+//! time. It listens on 127.0.0.1 only and asks for a password generated at creation (kept in
+//! `password`, mode 0600): other users of a shared machine cannot use it. PostgreSQL refuses
+//! to run as root, so as root the cluster belongs to `nobody`.
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -32,6 +35,7 @@ pub enum EmbeddedError {
 pub struct Cluster {
     root: PathBuf,
     port: u16,
+    password: String,
     run_as: Option<&'static str>,
     /// Whether this process started the server (and so stops it).
     started_here: bool,
@@ -46,18 +50,113 @@ impl Cluster {
         let mut cluster = Cluster {
             root,
             port: 0,
+            password: String::new(),
             run_as,
             started_here: false,
         };
         cluster.init().await?;
+        cluster.password = cluster.read_or_create_password()?;
         if let Some(port) = cluster.running_port().await {
             tracing::info!(port, "reusing the running embedded PostgreSQL");
             cluster.port = port;
-            return Ok(cluster);
+        } else {
+            cluster.port = cluster.stable_port()?;
+            cluster.start().await?;
         }
-        cluster.port = free_port()?;
-        cluster.start().await?;
+        cluster.require_password().await?;
         Ok(cluster)
+    }
+
+    /// The port this directory's cluster had last time, while it is free; else a new one
+    /// (remembered in `port`), so that the database URL stays the same across restarts.
+    fn stable_port(&self) -> Result<u16, EmbeddedError> {
+        let file = self.root.join("port");
+        let previous = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok());
+        if let Some(port) = previous.filter(|&p| is_free(p)) {
+            return Ok(port);
+        }
+        let port = free_port()?;
+        if let Some(previous) = previous {
+            tracing::warn!(previous, port, "the cluster's port is taken; using another");
+        }
+        std::fs::write(&file, format!("{port}\n"))
+            .map_err(|e| EmbeddedError::Io(format!("cannot write {}", file.display()), e))?;
+        Ok(port)
+    }
+
+    fn password_file(&self) -> PathBuf {
+        self.root.join("password")
+    }
+
+    /// The superuser's password, generated on first use; the file is readable by its owner only.
+    fn read_or_create_password(&self) -> Result<String, EmbeddedError> {
+        let file = self.password_file();
+        if let Ok(password) = std::fs::read_to_string(&file) {
+            if !password.trim().is_empty() {
+                return Ok(password.trim().to_owned());
+            }
+        }
+        let password = new_password();
+        write_private(&file, &password)?;
+        Ok(password)
+    }
+
+    /// A cluster made by an older jobcast trusts every local connection: give its superuser
+    /// the password and ask for it from now on.
+    async fn require_password(&self) -> Result<(), EmbeddedError> {
+        let hba_file = self.data_dir().join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_file)
+            .map_err(|e| EmbeddedError::Io(format!("cannot read {}", hba_file.display()), e))?;
+        let trusts = |line: &str| {
+            !line.trim_start().starts_with('#') && line.split_whitespace().last() == Some("trust")
+        };
+        if !hba.lines().any(trusts) {
+            return Ok(());
+        }
+        let (client, connection) = tokio_postgres::connect(
+            &format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .map_err(|e| self.command_error("securing the cluster", &e))?;
+        let driver = tokio::spawn(connection);
+        // The password is generated alphanumeric: nothing in it needs quoting.
+        client
+            .batch_execute(&format!("alter user postgres password '{}'", self.password))
+            .await
+            .map_err(|e| self.command_error("securing the cluster", &e))?;
+        drop(client);
+        let _ = driver.await;
+        let secured: String = hba
+            .lines()
+            .map(|line| {
+                if trusts(line) {
+                    format!(
+                        "{} scram-sha-256",
+                        line.trim_end().trim_end_matches("trust").trim_end()
+                    )
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&hba_file, secured + "\n")
+            .map_err(|e| EmbeddedError::Io(format!("cannot write {}", hba_file.display()), e))?;
+        let mut reload = self.pg_command("pg_ctl")?;
+        reload.arg("reload").arg("-D").arg(self.data_dir());
+        run(&mut reload, "pg_ctl reload").await?;
+        tracing::info!("the embedded PostgreSQL now asks for a password");
+        Ok(())
+    }
+
+    fn command_error(&self, what: &str, error: &tokio_postgres::Error) -> EmbeddedError {
+        EmbeddedError::Command {
+            command: what.into(),
+            detail: crate::db::one_line(error),
+        }
     }
 
     /// A URL to connect to the cluster's `postgres` database.
@@ -65,9 +164,17 @@ impl Cluster {
         self.url_for("postgres")
     }
 
-    /// A URL to connect to `database` in the cluster.
+    /// A URL to connect to `database` in the cluster (with the password).
     pub fn url_for(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// The port the cluster listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The data directory.
@@ -89,16 +196,31 @@ impl Cluster {
             .await?;
         }
         let data = self.data_dir();
+        // initdb reads the password from a file that the cluster's owner can read; it is
+        // removed once the cluster exists (ours is `password`, which only we can read).
+        let password = new_password();
+        let initial = self.root.join("initdb-password");
+        write_private(&initial, &password)?;
+        if let Some(user) = self.run_as {
+            run(Command::new("chown").arg(user).arg(&initial), "chown").await?;
+        }
         let mut command = self.pg_command("initdb")?;
-        command.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        run(&mut command, "initdb").await?;
+        command
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", initial.display()));
+        let initialized = run(&mut command, "initdb").await;
+        let _ = std::fs::remove_file(&initial);
+        initialized.map_err(|e| self.explain_initdb(e))?;
+        write_private(&self.password_file(), &password)?;
         tracing::info!(data = %data.display(), "created the embedded PostgreSQL cluster");
         Ok(())
     }
@@ -147,6 +269,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// What to do about a failed initdb: as root the cluster runs as `nobody`, which must be
+    /// able to reach the directory.
+    fn explain_initdb(&self, error: EmbeddedError) -> EmbeddedError {
+        let EmbeddedError::Command { command, detail } = error else {
+            return error;
+        };
+        let advice = match self.run_as {
+            Some(user) if detail.contains("Permission denied") => format!(
+                " (the cluster runs as {user}, since PostgreSQL refuses root: run jobcast dev \
+                 in a directory {user} can reach, e.g. under /tmp, or set DATABASE_URL to an existing PostgreSQL)"
+            ),
+            _ => " (or set DATABASE_URL to use an existing PostgreSQL)".to_owned(),
+        };
+        EmbeddedError::Command {
+            command,
+            detail: detail + &advice,
+        }
+    }
+
     /// The port of a server already running on this data directory.
     async fn running_port(&self) -> Option<u16> {
         let mut command = self.pg_command("pg_ctl").ok()?;
@@ -186,11 +327,15 @@ async fn run(command: &mut Command, what: &str) -> Result<Output, EmbeddedError>
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    // The error line, not the last line: initdb ends with chatter on stdout (e.g. "Data
+    // page checksums are disabled.") after the real error on stderr.
     let detail = stderr
         .lines()
-        .chain(stdout.lines())
-        .rfind(|l| !l.trim().is_empty())
+        .find(|l| l.contains("error:") || l.contains("FATAL:"))
+        .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
+        .or_else(|| stdout.lines().rfind(|l| !l.trim().is_empty()))
         .unwrap_or("no output")
+        .trim()
         .to_owned();
     Err(EmbeddedError::Command {
         command: what.into(),
@@ -219,6 +364,29 @@ fn find_program(program: &str) -> Option<PathBuf> {
         versions.sort();
         versions.pop()
     })
+}
+
+/// 32 random letters and digits.
+fn new_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+/// Writes a file only its owner can read, from its creation on.
+fn write_private(path: &Path, contents: &str) -> Result<(), EmbeddedError> {
+    let io_error = |e| EmbeddedError::Io(format!("cannot write {}", path.display()), e);
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error)?;
+    file.write_all(contents.as_bytes()).map_err(io_error)
+}
+
+fn is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn free_port() -> Result<u16, EmbeddedError> {

@@ -110,7 +110,7 @@ pub struct Hub {
 impl Hub {
     /// Starts the LISTEN connection and the fetcher.
     pub fn start(
-        listen_config: tokio_postgres::Config,
+        listen_config: crate::db::ConnectionConfig,
         pool: Pool,
         shutdown: CancellationToken,
     ) -> Hub {

@@ -12,6 +12,7 @@
 //! - [`web`]: the HTTP API, SSE streams, metrics and the console page (with `/client.js`).
 //! - [`embedded`]: the private PostgreSQL cluster of `jobcast dev`.
 //! - [`client`]: `jobcast submit` and `jobcast watch`, over the HTTP API.
+//! - [`health`]: `jobcast health`, the container health probe.
 //!
 //! A job goes from `POST /v1/jobs` (`web::jobs`) through `sql/jobcast.sql` to a worker
 //! (`worker`), whose events reach the [`hub`] by NOTIFY and leave through `web::stream`.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod health;
 pub mod hub;
 pub mod job;
 pub mod listener;

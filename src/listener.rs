@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 /// What the listener reports, in order.
@@ -38,7 +38,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Starts listening on `channels`; returns the signal stream and a live "connected" flag.
 pub fn spawn(
-    config: tokio_postgres::Config,
+    config: crate::db::ConnectionConfig,
     channels: &[&str],
     shutdown: CancellationToken,
 ) -> (mpsc::UnboundedReceiver<Signal>, Arc<AtomicBool>) {
@@ -59,8 +59,13 @@ pub fn spawn(
                 backoff = Duration::from_millis(100);
                 reconnected = true;
             }
-            if let Err(reason) = outcome {
-                tracing::warn!(%reason, retry_in = ?backoff, "LISTEN connection lost");
+            match outcome {
+                Err(reason) if reconnected => {
+                    tracing::warn!(%reason, retry_in = ?backoff, "LISTEN connection lost")
+                }
+                // Never connected yet: say where we try to go, not that something was lost.
+                Err(reason) => tracing::warn!(retry_in = ?backoff, "{reason}"),
+                Ok(()) => {}
             }
             if tx.is_closed() {
                 return;
@@ -78,13 +83,13 @@ pub fn spawn(
 
 /// One connection's life: connect, LISTEN, forward notifications until it fails.
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    config: &crate::db::ConnectionConfig,
     listen_sql: &str,
     tx: &mpsc::UnboundedSender<Signal>,
     connected: &AtomicBool,
     reconnected: bool,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = config.connect().await.map_err(|e| e.to_string())?;
     let (notify_tx, mut notify_rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -103,7 +108,7 @@ async fn listen_once(
     client
         .batch_execute(listen_sql)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::db::one_line(&e))?;
     connected.store(true, Ordering::SeqCst);
     let _ = tx.send(Signal::Connected { reconnected });
     if reconnected {

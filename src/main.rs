@@ -38,6 +38,9 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         web: WebArgs,
+        /// Migrate the database at start instead of refusing a schema that is behind.
+        #[arg(long, env = "JOBCAST_MIGRATE", value_parser = clap::builder::BoolishValueParser::new())]
+        migrate: bool,
     },
     /// A worker process with the demo handlers (run as many as you like).
     Work {
@@ -45,6 +48,9 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         work: WorkArgs,
+        /// Migrate the database at start instead of refusing a schema that is behind.
+        #[arg(long, env = "JOBCAST_MIGRATE", value_parser = clap::builder::BoolishValueParser::new())]
+        migrate: bool,
     },
     /// Apply migrations and SQL functions (safe from several processes at once).
     Migrate {
@@ -83,6 +89,15 @@ enum Command {
         #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Exit 0 when URL/readyz answers 200 within 5 s, else 1 (for container health checks).
+    Health {
+        /// The web tier's URL (default: the --listen address, through loopback).
+        #[arg(long)]
+        url: Option<String>,
+        /// The address `serve` listens on, when --url is not given.
+        #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Stream a job's events to the terminal until it ends.
     Watch {
         /// The job id.
@@ -100,7 +115,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Submit { .. } | Command::Watch { .. } | Command::ExecReaper
+        Command::Submit { .. }
+            | Command::Watch { .. }
+            | Command::ExecReaper
+            | Command::Health { .. }
     );
     init_logging(quiet);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -113,7 +131,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("jobcast: {e:#}");
+            // Each cause once: most errors repeat their cause in their own message.
+            eprintln!("jobcast: {}", db::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -132,7 +151,8 @@ fn init_logging(quiet: bool) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var("JOBCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -147,17 +167,27 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             web,
             work,
         } => dev(database, web, work).await,
-        Command::Serve { database, web } => {
+        Command::Serve {
+            database,
+            web,
+            migrate,
+        } => {
             let url = required_url(&database)?;
+            ensure_schema(&url, migrate).await?;
             raise_open_file_limit();
             let pool = db::pool(&url, "jobcast-serve", 32)?;
             let listen = db::connection_config(&url, "jobcast-serve-listen")?;
             web::serve(&web, pool, listen, shutdown::on_signal()).await?;
             Ok(0)
         }
-        Command::Work { database, work } => {
+        Command::Work {
+            database,
+            work,
+            migrate,
+        } => {
             let url = required_url(&database)?;
             check_queues(&work)?;
+            ensure_schema(&url, migrate).await?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
             let listen = db::connection_config(&url, "jobcast-work-listen")?;
             let registry = Registry::new()
@@ -212,6 +242,19 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             tokio::task::spawn_blocking(worker::exec::reap).await?;
             Ok(0)
         }
+        Command::Health { url, listen } => {
+            let url = jobcast::health::probe_url(url.as_deref(), listen);
+            match jobcast::health::check(&url).await {
+                Ok(()) => {
+                    println!("ready: {url}");
+                    Ok(0)
+                }
+                Err(reason) => {
+                    eprintln!("jobcast: not ready: {reason}");
+                    Ok(1)
+                }
+            }
+        }
         Command::Watch { job_id, server } => {
             let client = client::Client::new(&server);
             let status = client
@@ -228,6 +271,27 @@ fn required_url(database: &DatabaseArgs) -> anyhow::Result<String> {
     match &database.database_url {
         Some(url) => Ok(url.clone()),
         None => bail!("DATABASE_URL is not set (or pass --database-url)"),
+    }
+}
+
+/// Refuses to start on a database whose schema is behind this binary (or migrates it, with
+/// `--migrate`). An unreachable database is only a warning: the process waits for it, and
+/// `/readyz` says 503 meanwhile.
+async fn ensure_schema(url: &str, migrate: bool) -> anyhow::Result<()> {
+    let config = db::connection_config(url, "jobcast-schema-check")?;
+    match db::schema::check(&config).await {
+        Ok(state) if state.is_current() => Ok(()),
+        Ok(_) if migrate => {
+            db::migrate::run(url).await?;
+            tracing::info!("migrated the database (--migrate)");
+            Ok(())
+        }
+        Ok(state) => bail!("{}", state.problem()),
+        Err(e) if e.is_connection() && !migrate => {
+            tracing::warn!("{e}; starting anyway, and retrying");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -249,6 +313,8 @@ fn raise_open_file_limit() {
 
 async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyhow::Result<u8> {
     check_queues(&work)?;
+    // Bind first: a taken address fails before a cluster or a worker starts.
+    let listener = web::bind(web_args.listen)?;
     let mut cluster = None;
     let url = match database.database_url {
         Some(url) => url,
@@ -257,6 +323,8 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
                 .await
                 .context("cannot start the embedded PostgreSQL")?;
             let url = started.url();
+            // The private cluster's URL (its password is in .jobcast/pg/password anyway).
+            println!("database: {url}");
             cluster = Some(started);
             url
         }
@@ -279,7 +347,10 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
         registry,
         worker_shutdown.clone(),
     ));
-    let served = web::serve(&web_args, pool, web_listen, shutdown.clone()).await;
+    let address = listener.local_addr()?;
+    // submit and watch need the address when it is not the default one.
+    println!("export JOBCAST_SERVER=http://{address}");
+    let served = web::serve_on(listener, &web_args, pool, web_listen, shutdown.clone()).await;
     shutdown.cancel();
     worker_shutdown.cancel();
     let _ = worker.await;
@@ -303,11 +374,20 @@ async fn submit(server: &str, submission: client::Submission, follow: bool) -> a
         println!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(0);
     }
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !on_terminal {
+        // No progress bar off a terminal: say which job the result is for.
+        eprintln!("job {id}");
+    }
     let view = client::ProgressView::new(&id);
     let status = client
         .follow(&id, |event_type, data| view.show(event_type, data))
         .await?;
     view.finish();
+    if on_terminal {
+        // The bar's line has no newline of its own: the result goes on the next line.
+        eprintln!();
+    }
     let job = client.job(&id).await?;
     match status {
         jobcast::job::Status::Succeeded => println!("{}", job["result"]),

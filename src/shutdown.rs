@@ -1,14 +1,22 @@
-//! SIGTERM and SIGINT become one cancellation token that every task watches.
+//! SIGTERM and SIGINT become one cancellation token that every task watches. A second one
+//! stops the process at once: its running jobs are handed back as after a crash (another
+//! worker takes them up when their lease runs out).
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on the first SIGTERM or SIGINT.
+/// Exit status after a second signal: 128 + SIGINT, as a shell reports an interrupted program.
+const INTERRUPTED: i32 = 130;
+
+/// A token cancelled on the first SIGTERM or SIGINT; the second one exits at once.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested");
+        tracing::info!("shutdown requested (press Ctrl-C again to stop at once)");
         trigger.cancel();
+        wait_for_signal().await;
+        eprintln!("jobcast: stopping now; running jobs are handed back when their lease runs out");
+        std::process::exit(INTERRUPTED);
     });
     token
 }

@@ -1,7 +1,5 @@
 //! `jobcast migrate`: the versioned schema of `migrations/`, then every function of `sql/`,
 //! under one advisory lock so any number of processes may migrate at once.
-use tokio_postgres::NoTls;
-
 use super::{connection_config, Error, Result};
 
 mod embedded {
@@ -16,8 +14,13 @@ const MIGRATION_LOCK: i64 = 0x006a_6f62_6361_7374;
 
 /// Applies pending migrations and (re)creates the SQL functions.
 pub async fn run(database_url: &str) -> Result<()> {
-    let config = connection_config(database_url, "jobcast-migrate")?;
-    let (mut client, connection) = config.connect(NoTls).await?;
+    let mut config = connection_config(database_url, "jobcast-migrate")?;
+    // `create table if not exists` and `create or replace` would otherwise log a NOTICE
+    // (e.g. "relation jobcast_schema_history already exists") on every start.
+    config
+        .postgres_mut()
+        .options("-c client_min_messages=warning");
+    let (mut client, connection) = config.connect().await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "migration connection ended");
@@ -34,6 +37,16 @@ pub async fn run(database_url: &str) -> Result<()> {
     drop(client);
     let _ = driver.await;
     outcome
+}
+
+/// The newest migration this binary carries: the schema version it needs.
+pub fn latest_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
 }
 
 async fn apply(client: &mut tokio_postgres::Client) -> Result<()> {

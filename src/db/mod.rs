@@ -4,21 +4,34 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::Socket;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub mod console;
 pub mod events;
 pub mod jobs;
 pub mod migrate;
+pub mod schema;
+pub mod tls;
 
 pub use deadpool_postgres::GenericClient;
 
 /// Errors talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The connection URL does not parse.
+    /// The connection URL does not parse, or its TLS settings are unusable.
     #[error("invalid database URL: {0}")]
-    Url(#[source] tokio_postgres::Error),
+    Url(String),
+    /// A connection could not be opened (refused, unresolvable, TLS, authentication).
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// `host:port` (every host, for a multi-host URL).
+        endpoint: String,
+        /// What went wrong, once (no repeated cause chain).
+        reason: String,
+    },
     /// No pooled connection could be had.
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -52,7 +65,7 @@ impl Error {
     /// so retrying later may succeed.
     pub fn is_connection(&self) -> bool {
         match self {
-            Error::Pool(_) | Error::TimedOut(_) => true,
+            Error::Pool(_) | Error::TimedOut(_) | Error::Connect { .. } => true,
             Error::Postgres(e) => {
                 e.is_closed()
                     || e.code().is_none()
@@ -91,11 +104,105 @@ fn describe(error: &tokio_postgres::Error) -> String {
 /// A result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Parses a connection URL and adds keepalives and timeouts so that a dead or hung link is
-/// noticed in seconds instead of waited on forever.
-pub fn connection_config(url: &str, application: &str) -> Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(Error::Url)?;
+/// The connection type every jobcast connection has (TLS or not, decided per `sslmode`).
+pub type Connection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// Where and how to connect: the parsed URL, its TLS settings (`sslmode`, `sslrootcert`) and
+/// the `host:port` named in errors. Built once by [`connection_config`]; cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    postgres: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    endpoint: String,
+}
+
+impl ConnectionConfig {
+    /// The tokio-postgres settings (to adjust timeouts or options).
+    pub fn postgres_mut(&mut self) -> &mut tokio_postgres::Config {
+        &mut self.postgres
+    }
+
+    /// `host:port` of the server(s), for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Opens one connection; a failure says which server and why, once.
+    pub async fn connect(&self) -> Result<(tokio_postgres::Client, Connection)> {
+        self.postgres
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| self.connect_error(&e))
+    }
+
+    /// `cannot connect to HOST:PORT: reason`.
+    pub fn connect_error(&self, error: &(dyn std::error::Error + 'static)) -> Error {
+        let mut reason = one_line(error);
+        if reason.contains("UnknownIssuer") {
+            reason.push_str(" (no CA in sslrootcert issued the server's certificate)");
+        }
+        Error::Connect {
+            endpoint: self.endpoint.clone(),
+            reason,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tokio-postgres's Config redacts the password; the TLS settings hold no secret.
+        f.debug_struct("ConnectionConfig")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One line for an error and its causes, each said once: tokio-postgres (and most
+/// wrappers) repeat their cause in their own message *and* return it as `source()`.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = next.source();
+    }
+    // Server messages carry DETAIL and HINT on lines of their own.
+    line.replace('\n', "; ")
+}
+
+fn endpoint(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
     config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses a connection URL (libpq's `sslmode` and `sslrootcert` included) and adds
+/// keepalives and timeouts so that a dead or hung link is noticed in seconds instead of
+/// waited on forever.
+pub fn connection_config(url: &str, application: &str) -> Result<ConnectionConfig> {
+    let (rest, tls_params) = tls::split_url(url).map_err(Error::Url)?;
+    let mut config: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::Url(one_line(&e)))?;
+    let (wire_mode, tls) = tls::connector(&tls_params).map_err(Error::Url)?;
+    config
+        .ssl_mode(wire_mode)
         .application_name(application)
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
@@ -103,17 +210,23 @@ pub fn connection_config(url: &str, application: &str) -> Result<tokio_postgres:
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
         .tcp_user_timeout(Duration::from_secs(20));
-    Ok(config)
+    Ok(ConnectionConfig {
+        endpoint: endpoint(&config),
+        postgres: config,
+        tls,
+    })
 }
 
 /// A pool of `size` connections. Waiting for a connection and creating one are bounded in
 /// time so a request fails with 503 rather than hanging while the database is away.
 pub fn pool(url: &str, application: &str, size: usize) -> Result<Pool> {
     let mut config = connection_config(url, application)?;
-    config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    config
+        .postgres
+        .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        config.postgres,
+        config.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -138,10 +138,32 @@ fn cors(origins: &[String]) -> Cors {
 pub async fn serve(
     args: &WebArgs,
     pool: Pool,
-    listen_config: tokio_postgres::Config,
+    listen_config: crate::db::ConnectionConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(args.listen)?;
+    serve_on(bind(args.listen)?, args, pool, listen_config, shutdown).await
+}
+
+/// Binds the address to serve on; the error names it (and what to do).
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).map_err(|e| {
+        let advice = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another jobcast running? choose another address with --listen or JOBCAST_LISTEN)"
+        } else {
+            ""
+        };
+        std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{advice}"))
+    })
+}
+
+/// Runs the web tier on an already bound listener (from [`bind`]) until `shutdown`.
+pub async fn serve_on(
+    listener: TcpListener,
+    args: &WebArgs,
+    pool: Pool,
+    listen_config: crate::db::ConnectionConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     let hub = Hub::start(listen_config, pool.clone(), shutdown.clone());
     subscribers::start(pool.clone(), shutdown.clone());
@@ -182,15 +204,23 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
-    let database = tokio::time::timeout(Duration::from_secs(2), async {
+    // The probe reads the schema version: reaching the database is not enough while it
+    // has not been migrated to what this binary needs.
+    let schema = tokio::time::timeout(Duration::from_secs(2), async {
         let client = state.pool.get().await.ok()?;
-        client.simple_query("").await.ok()
+        crate::db::schema::state(&client).await.ok()
     })
     .await
     .ok()
-    .flatten()
-    .is_some();
+    .flatten();
+    let database = schema.is_some();
     let listening = state.hub.is_listening();
+    if let Some(behind) = schema.filter(|s| !s.is_current()) {
+        return Err(ApiError::Unavailable(format!(
+            "not ready: {}",
+            behind.problem()
+        )));
+    }
     if database && listening {
         Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
     } else {

@@ -56,6 +56,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 struct Typed<F, A> {
+    kind: String,
     function: F,
     _args: std::marker::PhantomData<fn(A)>,
 }
@@ -68,10 +69,10 @@ where
     Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
     fn run(&self, ctx: JobContext, args: Value) -> BoxFuture<'static, Result<Value, HandlerError>> {
-        let args = match serde_json::from_value::<A>(args) {
-            Ok(args) => args,
+        let args = match A::deserialize(&args) {
+            Ok(parsed) => parsed,
             Err(e) => {
-                let error = HandlerError::fatal(format!("invalid args: {e}"));
+                let error = HandlerError::fatal(args_error(&self.kind, &args, &e.to_string()));
                 return Box::pin(async move { Err(error) });
             }
         };
@@ -82,6 +83,69 @@ where
                 .map_err(|e| HandlerError::fatal(format!("result is not JSON: {e}")))
         })
     }
+}
+
+/// Why a job's `args` do not fit its handler, in the terms of the job's JSON: serde names
+/// Rust types ("expected struct StepsArgs with 4 elements"), which mean nothing to the
+/// person who submitted the job.
+fn args_error(kind: &str, args: &Value, serde_message: &str) -> String {
+    let mut shown = args.to_string();
+    if shown.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| shown.is_char_boundary(i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push('…');
+    }
+    let plain = plain_types(serde_message);
+    if plain.contains("expected an object") && !args.is_object() {
+        return format!("invalid args for {kind}: expected a JSON object, got {shown}");
+    }
+    format!("invalid args for {kind}: {plain} (args: {shown})")
+}
+
+/// serde's wording with Rust type names replaced by JSON ones.
+fn plain_types(message: &str) -> String {
+    let words: Vec<&str> = message.split(' ').collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let (bare, tail) = split_punctuation(words[i]);
+        let plain = match bare {
+            "struct" | "enum" if i + 1 < words.len() => {
+                // "struct Name", or serde's tuple view "struct Name with 4 elements".
+                let mut last = i + 1;
+                let counted = words.get(i + 4).is_some_and(|w| w.starts_with("element"));
+                if bare == "struct" && words.get(i + 2) == Some(&"with") && counted {
+                    last = i + 4;
+                }
+                let (_, rest) = split_punctuation(words[last]);
+                let what = if bare == "struct" {
+                    "an object"
+                } else {
+                    "one of its values"
+                };
+                out.push(format!("{what}{rest}"));
+                i = last + 1;
+                continue;
+            }
+            "map" => "object",
+            "sequence" => "array",
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+            "f32" | "f64" => "a number",
+            _ => bare,
+        };
+        out.push(format!("{plain}{tail}"));
+        i += 1;
+    }
+    out.join(" ")
+}
+
+fn split_punctuation(word: &str) -> (&str, &str) {
+    let end = word.trim_end_matches([',', '.', ';', ':']).len();
+    word.split_at(end)
 }
 
 /// The handlers a worker runs, by job kind. A worker claims only kinds it has.
@@ -106,6 +170,7 @@ impl Registry {
         Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
     {
         let handler = Typed {
+            kind: kind.to_owned(),
             function,
             _args: std::marker::PhantomData,
         };
@@ -230,4 +295,38 @@ impl JobContext {
 
 fn to_json(data: impl Serialize) -> Result<Value, HandlerError> {
     serde_json::to_value(data).map_err(|e| HandlerError::fatal(format!("data is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct StepsArgs {
+        steps: u64,
+        step_ms: u64,
+        fail_at: Option<u64>,
+        payload_bytes: Option<u64>,
+    }
+
+    fn error_for(args: Value) -> String {
+        let e = <StepsArgs as serde::Deserialize>::deserialize(&args).unwrap_err();
+        args_error("demo.steps", &args, &e.to_string())
+    }
+
+    #[test]
+    fn args_errors_speak_json_not_rust() {
+        assert_eq!(
+            error_for(json!([1, 2])),
+            "invalid args for demo.steps: expected a JSON object, got [1,2]"
+        );
+        let wrong = error_for(json!({"steps": "many", "step_ms": 1}));
+        assert!(
+            !wrong.contains("u64") && !wrong.contains("StepsArgs"),
+            "{wrong}"
+        );
+        assert!(wrong.contains("expected a non-negative integer"), "{wrong}");
+        assert!(wrong.contains("\"many\""), "{wrong}");
+    }
 }

@@ -116,7 +116,7 @@ pub fn worker_id() -> String {
 /// finish, the rest are handed back without counting the attempt.
 pub async fn run(
     pool: Pool,
-    listen_config: tokio_postgres::Config,
+    listen_config: crate::db::ConnectionConfig,
     args: WorkArgs,
     registry: Registry,
     shutdown: CancellationToken,
@@ -162,7 +162,18 @@ pub async fn run(
     let mut jobs = JoinSet::new();
     claim_loop(&state, &wake, &shutdown, &mut jobs).await;
 
-    tracing::info!(running = jobs.len(), grace = ?state.args.grace(), "draining");
+    let waiting_for: Vec<String> = state.held().iter().map(|(id, _)| id.to_string()).collect();
+    if waiting_for.is_empty() {
+        tracing::info!("draining: no running job");
+    } else {
+        // Say what the wait is for: a silent 30 s looks like a hang.
+        tracing::warn!(
+            "waiting up to {:?} for {} running job(s) to finish: {} (Ctrl-C again stops now and hands them back)",
+            state.args.grace(),
+            waiting_for.len(),
+            waiting_for.join(", ")
+        );
+    }
     let drained = tokio::time::timeout(state.args.grace(), async {
         while jobs.join_next().await.is_some() {}
     })
