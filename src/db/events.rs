@@ -147,20 +147,21 @@ pub async fn read_events_after(
 }
 
 /// The firehose after `after`, in commit order: every frame, each with whether it passes
-/// the queue and kind filters (the cursor advances over all of them). About
-/// [`PAGE_BYTES`] at most.
+/// the queue and kind filters (the cursor advances over all of them) and the tenant owning
+/// its job (streams show a tenant its own jobs only). About [`PAGE_BYTES`] at most.
 pub async fn read_firehose(
     client: &impl GenericClient,
     after: Cursor,
     queue: Option<&str>,
     kind: Option<&str>,
     limit: i32,
-) -> Result<Vec<(Frame, bool)>> {
+) -> Result<Vec<(Frame, bool, String)>> {
     let statement = client
         .prepare_cached(&format!(
             "select * from (
-                select {}, e.matches
+                select {}, e.matches, coalesce(j.tenant, 'default') as tenant
                   from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e
+                  left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $6 order by xid::xid8, id",
             frame_columns("e.xid, e.id")
@@ -174,7 +175,13 @@ pub async fn read_firehose(
         )
         .await?;
     rows.iter()
-        .map(|row| Ok((Frame::from_row(row)?, row.try_get("matches")?)))
+        .map(|row| {
+            Ok((
+                Frame::from_row(row)?,
+                row.try_get("matches")?,
+                row.try_get("tenant")?,
+            ))
+        })
         .collect()
 }
 

@@ -13,10 +13,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WebArgs;
 use crate::hub::Hub;
 
+pub mod auth;
 pub mod jobs;
+pub mod limits;
 mod metrics;
 pub mod problem;
 pub mod stream;
+pub mod tokens;
 
 use problem::ApiError;
 
@@ -32,6 +35,8 @@ pub struct WebState {
     pub max_body_bytes: usize,
     /// Cancelled on SIGTERM: open streams end so the server can stop.
     pub shutdown: CancellationToken,
+    /// API keys, stream tokens and limits (`auth`).
+    pub gate: std::sync::Arc<auth::Gate>,
 }
 
 /// Connections one process accepts: far above actix's per-thread default of 25k, because a
@@ -52,6 +57,7 @@ pub fn build(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(auth::authenticate))
             .wrap(actix_web::middleware::from_fn(request_deadline))
             .wrap(cors(&cors_origins))
             .route("/", web::get().to(dashboard))
@@ -65,6 +71,7 @@ pub fn build(
             .route("/v1/jobs/{id}/cancel", web::post().to(jobs::cancel_job))
             .route("/v1/jobs/{id}/events", web::get().to(stream::job_events))
             .route("/v1/events", web::get().to(stream::all_events))
+            .route("/v1/tokens", web::post().to(tokens::create_token))
             .default_service(web::to(not_found))
     })
     .listen(listener)?
@@ -89,8 +96,13 @@ fn cors(origins: &[String]) -> Cors {
             header::ACCEPT,
             header::HeaderName::from_static("last-event-id"),
             header::HeaderName::from_static("idempotency-key"),
+            header::AUTHORIZATION,
         ])
-        .expose_headers([header::LOCATION])
+        .expose_headers([
+            header::LOCATION,
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+        ])
         .max_age(3600);
     for origin in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         cors = if origin == "*" {
@@ -109,6 +121,8 @@ pub async fn serve(
     listen_config: tokio_postgres::Config,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let gate = std::sync::Arc::new(auth::Gate::from_args(args).map_err(std::io::Error::other)?);
+    auth::Gate::reload_on_sighup(gate.clone(), shutdown.clone())?;
     let listener = TcpListener::bind(args.listen)?;
     let address = listener.local_addr()?;
     let hub = Hub::start(listen_config, pool.clone(), shutdown.clone());
@@ -118,6 +132,7 @@ pub async fn serve(
         heartbeat: args.heartbeat(),
         max_body_bytes: args.max_body_bytes,
         shutdown,
+        gate,
     };
     let server = build(listener, state, args.cors_origins.clone())?;
     // Tests and scripts read this line to find the port.
