@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod cancel;
 mod cli;
 mod dev;
