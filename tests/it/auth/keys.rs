@@ -369,3 +369,37 @@ async fn sighup_rotates_keys_while_open_streams_stay_open() {
     );
     assert_logs_free_of(&[&serve], &[ACME_KEY, ACME_KEY_2]);
 }
+
+#[tokio::test]
+async fn submit_sends_the_key_of_jobcast_api_key() {
+    let db = TestDb::new().await;
+    let keys = two_tenants();
+    let serve = keyed_serve(&db, &keys, SECRET, &[]);
+    let _work = Proc::work(&db.url, &[]);
+    let server = serve.url().to_owned();
+    let submit = move |key: Option<&'static str>| {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(BIN);
+            command
+                .args(["submit", "demo.echo", "--args", r#"{"a":1}"#, "--follow"])
+                .args(["--server", &server])
+                .env_remove("JOBCAST_API_KEY");
+            if let Some(key) = key {
+                command.env("JOBCAST_API_KEY", key);
+            }
+            command.output().unwrap()
+        })
+    };
+    let refused = submit(None).await.unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let ok = submit(Some(ACME_KEY)).await.unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), r#"{"a":1}"#);
+}
