@@ -231,7 +231,7 @@ fn raise_open_file_limit() {
 async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyhow::Result<u8> {
     check_queues(&work)?;
     // Before the cluster starts: a refused auth set-up fails at once.
-    web::auth::Gate::from_args(&web_args).map_err(anyhow::Error::msg)?;
+    web::auth::Gate::check(&web_args).map_err(anyhow::Error::msg)?;
     let mut cluster = None;
     let url = match database.database_url {
         Some(url) => url,

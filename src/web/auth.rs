@@ -35,9 +35,10 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// Checks the auth settings: reads the keys file (`PATH:N: reason` errors), refuses a
-    /// non-loopback `--listen` without keys unless `--insecure-no-auth`.
-    pub fn from_args(args: &WebArgs) -> Result<Gate, String> {
+    /// Checks the auth settings, fast (`dev` does before starting its cluster): reads the
+    /// keys file (`PATH:N: reason` errors), refuses a non-loopback `--listen` without keys
+    /// unless `--insecure-no-auth`.
+    pub fn check(args: &WebArgs) -> Result<Option<Keys>, String> {
         let auth = &args.auth;
         let keys = match &auth.api_keys_file {
             Some(path) => Some(Keys::load(path).map_err(|e| e.to_string())?),
@@ -51,6 +52,13 @@ impl Gate {
                 args.listen
             ));
         }
+        Ok(keys)
+    }
+
+    /// The gate of the settings in `args` (see [`Gate::check`]).
+    pub fn from_args(args: &WebArgs) -> Result<Gate, String> {
+        let auth = &args.auth;
+        let keys = Gate::check(args)?;
         let secrets = match (&auth.token_secret, &keys) {
             (Some(secrets), _) => secrets.clone(),
             (None, Some(_)) => {
