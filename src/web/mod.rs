@@ -17,6 +17,7 @@ pub mod auth;
 pub mod jobs;
 pub mod limits;
 mod metrics;
+mod openapi;
 pub mod problem;
 pub mod stream;
 pub mod tokens;
@@ -64,6 +65,7 @@ pub fn build(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics::render))
+            .route("/openapi.json", web::get().to(openapi::document))
             .route("/v1/jobs", web::post().to(jobs::create_job))
             .route("/v1/jobs", web::get().to(jobs::list_jobs))
             .route("/v1/jobs/batch", web::post().to(jobs::create_batch))
