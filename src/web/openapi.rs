@@ -107,6 +107,7 @@ enum Status {
 
 /// A job to enqueue.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 struct JobSpec {
     /// 1-128 characters of `[A-Za-z0-9_.:-]`.
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
@@ -127,6 +128,7 @@ struct JobSpec {
 
 /// Specs enqueued all or nothing.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Batch {
     #[schema(min_items = 1, max_items = 1000)]
     jobs: Vec<JobSpec>,
@@ -147,6 +149,7 @@ struct JobPage {
 
 /// `{"jobs": [...]}` or `{"firehose": true, "queue": ..., "kind": ...}`.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 struct TokenRequest {
     #[schema(min_items = 1, max_items = 100)]
     jobs: Option<Vec<String>>,
