@@ -1,9 +1,10 @@
 //! The API keys file: one `TENANT KEY` pair per line. Parsed whole or refused whole, with
-//! `PATH:N: reason` errors that never print a key; looked up in constant time.
+//! `PATH:N: reason` errors that never print a key; looked up by digest, never compared byte
+//! by byte.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use subtle::ConstantTimeEq;
+use sha2::{Digest, Sha256};
 
 use super::Tenant;
 
@@ -35,28 +36,22 @@ pub enum KeysError {
     },
 }
 
-/// A key stored for comparison: fixed size so that comparing takes the same time whatever
-/// the key's length.
-struct StoredKey {
-    padded: [u8; MAX_KEY],
-    len: u32,
-    tenant: Tenant,
-}
-
-fn pad(key: &[u8]) -> [u8; MAX_KEY] {
-    let mut padded = [0u8; MAX_KEY];
-    padded[..key.len()].copy_from_slice(key);
-    padded
+/// The SHA-256 of a key: what is stored and looked up, so that the time a lookup takes
+/// depends on digests only. A timing attack would learn how a digest of its own guess
+/// compares with a stored digest, which says nothing usable about the key behind it (that
+/// is a preimage search); a byte-by-byte comparison of the keys themselves never happens.
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Every key of every tenant.
 pub struct Keys {
-    keys: Vec<StoredKey>,
+    tenants: HashMap<[u8; 32], Tenant>,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keys({} keys, redacted)", self.keys.len())
+        write!(f, "Keys({} keys, redacted)", self.tenants.len())
     }
 }
 
@@ -73,7 +68,7 @@ impl Keys {
     /// Parses the text of a keys file; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Keys, KeysError> {
         let mut owners: HashMap<&str, (&str, usize)> = HashMap::new();
-        let mut keys = Vec::new();
+        let mut tenants = HashMap::new();
         for (index, line) in text.lines().enumerate() {
             let number = index + 1;
             let error = |reason: &str| KeysError::Line {
@@ -112,43 +107,27 @@ impl Keys {
                 }
                 continue;
             }
-            keys.push(StoredKey {
-                padded: pad(key.as_bytes()),
-                len: key.len() as u32,
-                tenant,
-            });
+            tenants.insert(digest(key), tenant);
         }
-        Ok(Keys { keys })
+        Ok(Keys { tenants })
     }
 
     /// How many keys there are.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.tenants.len()
     }
 
     /// Whether the file holds no key at all.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.tenants.is_empty()
     }
 
-    /// The tenant owning `presented`, comparing against every key in constant time (no early
-    /// exit, no length-dependent timing for keys up to the maximum length).
+    /// The tenant owning `presented`, found by the digest of it (see [`digest`]).
     pub fn tenant_of(&self, presented: &str) -> Option<&Tenant> {
-        let bytes = presented.as_bytes();
-        if bytes.len() > MAX_KEY {
+        if presented.len() > MAX_KEY {
             return None;
         }
-        let padded = pad(bytes);
-        let len = bytes.len() as u32;
-        let mut found = None;
-        for stored in &self.keys {
-            let same = stored.padded.ct_eq(&padded) & stored.len.ct_eq(&len);
-            // No early exit: every stored key is compared, whichever matches.
-            if bool::from(same) {
-                found = Some(&stored.tenant);
-            }
-        }
-        found
+        self.tenants.get(&digest(presented))
     }
 }
 
