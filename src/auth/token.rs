@@ -66,28 +66,35 @@ impl fmt::Debug for TokenSecrets {
 }
 
 impl FromStr for TokenSecrets {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let secrets: Vec<String> = s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if secrets.is_empty() {
-            return Err("expected one or more comma-separated secrets".into());
-        }
-        if let Some(short) = secrets.iter().position(|s| s.len() < 16) {
-            return Err(format!(
-                "secret {} of the list is shorter than 16 characters",
-                short + 1
-            ));
-        }
-        Ok(TokenSecrets(secrets))
+    type Err = std::convert::Infallible;
+    /// Never fails, so that clap never echoes the value in an error: [`TokenSecrets::check`]
+    /// judges the list.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(TokenSecrets(
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
     }
 }
 
 impl TokenSecrets {
+    /// Refuses an empty list or a short secret, naming its position only.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Err("--token-secret: expected one or more comma-separated secrets".into());
+        }
+        if let Some(short) = self.0.iter().position(|s| s.len() < 16) {
+            return Err(format!(
+                "--token-secret: secret {} of the list is shorter than 16 characters",
+                short + 1
+            ));
+        }
+        Ok(())
+    }
+
     /// A random secret for a process given none: its tokens verify on this process only.
     pub fn random() -> TokenSecrets {
         use rand::distr::{Alphanumeric, SampleString};

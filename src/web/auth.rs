@@ -44,6 +44,9 @@ impl Gate {
             Some(path) => Some(Keys::load(path).map_err(|e| e.to_string())?),
             None => None,
         };
+        if let Some(secrets) = &auth.token_secret {
+            secrets.check()?;
+        }
         if keys.is_none() && !args.listen.ip().is_loopback() && !auth.insecure_no_auth {
             return Err(format!(
                 "refusing to serve {} without authentication: pass --api-keys-file PATH \

@@ -316,6 +316,22 @@ async fn a_malformed_keys_file_stops_serve_with_the_line_and_without_the_key() {
             assert!(!stderr.contains(secret), "prints no key: {stderr}");
         }
     }
+    // A short token secret is refused without being echoed.
+    let keys = two_tenants();
+    let child = spawn_serve(
+        &[
+            "serve",
+            "--database-url",
+            &db.url,
+            "--api-keys-file",
+            keys.to_str().unwrap(),
+        ],
+        &[("JOBCAST_TOKEN_SECRET", "short-secret-15")],
+    );
+    let (code, stderr) = exit_within(child, Duration::from_secs(5));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--token-secret"), "{stderr}");
+    assert!(!stderr.contains("short-secret-15"), "{stderr}");
 }
 
 #[tokio::test]
