@@ -255,3 +255,58 @@ async fn a_token_minted_outside_opens_the_stream_on_another_serve_and_secrets_ro
     let new_token = new_link.split("token=").nth(1).unwrap();
     assert_logs_free_of(&[&old, &rotated], &[&outside, new_token, ACME_KEY]);
 }
+
+#[tokio::test]
+async fn a_page_on_an_allowed_origin_opens_a_token_stream_and_reads_refusals() {
+    let db = TestDb::new().await;
+    let keys = two_tenants();
+    let origin = "http://app.example.test";
+    let serve = keyed_serve(&db, &keys, SECRET, &["--cors-origins", origin]);
+    let s = serve.url();
+    let job = call(
+        "POST",
+        &format!("{s}/v1/jobs"),
+        Some(ACME_KEY),
+        Some(json!({"kind": "demo.echo"})),
+    )
+    .await;
+    let link = job.body["links"]["events"].as_str().unwrap().to_owned();
+    let from_page = |path: String| {
+        http()
+            .get(format!("{s}{path}"))
+            .header("Origin", origin)
+            .header("Accept", "text/event-stream")
+            .send()
+    };
+    let open = from_page(link.clone()).await.unwrap();
+    assert_eq!(open.status(), 200);
+    assert_eq!(open.headers()["access-control-allow-origin"], origin);
+    drop(open);
+    // A refusal is readable by the page too (status, WWW-Authenticate).
+    let refused = from_page(format!("{link}x")).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], origin);
+    let exposed = refused.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("www-authenticate"), "{exposed}");
+    // A backend on that origin may send its key: Authorization passes the preflight.
+    let preflight = http()
+        .request(reqwest::Method::OPTIONS, format!("{s}/v1/jobs"))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+}
