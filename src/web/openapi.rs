@@ -28,7 +28,7 @@ pub async fn document() -> HttpResponse {
         create_job, create_batch, get_job, list_jobs, cancel_job, job_events, all_events,
         create_token, healthz, readyz, metrics, dashboard, openapi
     ),
-    components(schemas(Job, Links, Status, JobSpec, Batch, Jobs, JobPage, TokenRequest, Token, Problem)),
+    components(schemas(Job, Links, Status, JobSpec, Batch, Jobs, JobPage, TokenRequest, JobsToken, FirehoseToken, Token, Problem)),
     modifiers(&Security),
     security(("bearer" = []))
 )]
@@ -147,14 +147,33 @@ struct JobPage {
     next_cursor: Option<String>,
 }
 
-/// `{"jobs": [...]}` or `{"firehose": true, "queue": ..., "kind": ...}`.
+/// A token for some jobs, or for the firehose.
+#[derive(ToSchema)]
+#[serde(untagged)]
+enum TokenRequest {
+    Jobs(JobsToken),
+    Firehose(FirehoseToken),
+}
+
+/// A token for 1-100 of the caller's jobs.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenRequest {
+struct JobsToken {
     #[schema(min_items = 1, max_items = 100)]
-    jobs: Option<Vec<String>>,
-    firehose: Option<bool>,
+    jobs: Vec<String>,
+    #[schema(minimum = 1, maximum = 86400)]
+    ttl_secs: Option<i64>,
+}
+
+/// A token for the caller's firehose, optionally one queue and/or kind.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+struct FirehoseToken {
+    /// Must be `true`.
+    firehose: bool,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     queue: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     kind: Option<String>,
     #[schema(minimum = 1, maximum = 86400)]
     ttl_secs: Option<i64>,
