@@ -35,6 +35,8 @@ RUN useradd --system --uid 10001 jobcast
 COPY --from=build /src/target/release/jobcast /usr/local/bin/jobcast
 USER jobcast
 ENV JOBCAST_LISTEN=0.0.0.0:8080
+# Keyed by default (docs/security.md): mount the keys file here and pass JOBCAST_TOKEN_SECRET.
+ENV JOBCAST_API_KEYS_FILE=/run/secrets/jobcast-keys
 EXPOSE 8080
 # For `serve` (and `dev`); a `work` container has no HTTP port: turn it off there
 # (compose: `healthcheck: {disable: true}`).

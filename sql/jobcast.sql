@@ -84,25 +84,33 @@ language sql immutable as $$
                  600000)::bigint
 $$;
 
--- Enqueue a batch of specs (validated by the caller's edge, backed by CHECKs here).
--- Specs carrying an idempotency_key already taken are skipped (see enqueue_job).
-create or replace function jobcast.enqueue_jobs(p_specs jsonb) returns setof jobcast.jobs
+-- Enqueue a batch of specs (validated by the caller's edge, backed by CHECKs here), owned by
+-- p_tenant. Specs carrying an idempotency_key the tenant already used are skipped (see
+-- enqueue_job). The one-argument form of before tenants is replaced by this one (the default
+-- keeps old calls working; both at once would make those calls ambiguous).
+do $$ begin
+    if to_regprocedure('jobcast.enqueue_jobs(jsonb)') is not null then
+        drop function jobcast.enqueue_jobs(jsonb);
+    end if;
+end $$;
+create or replace function jobcast.enqueue_jobs(p_specs jsonb, p_tenant text default 'default')
+returns setof jobcast.jobs
 language plpgsql as $$
 declare
     new_ids bigint[];
 begin
     with inserted as (
         insert into jobcast.jobs (kind, queue, args, priority, run_at, max_attempts,
-                                  timeout_secs, idempotency_key, request_hash, last_seq)
+                                  timeout_secs, idempotency_key, request_hash, last_seq, tenant)
         select s.kind, coalesce(s.queue, 'default'), coalesce(s.args, '{}'::jsonb),
                coalesce(s.priority, 0), coalesce(s.run_at, now()), coalesce(s.max_attempts, 3),
-               s.timeout_secs, s.idempotency_key, s.request_hash, 1
+               s.timeout_secs, s.idempotency_key, s.request_hash, 1, p_tenant
           from jsonb_array_elements(p_specs) with ordinality as e(spec, ord),
                jsonb_to_record(e.spec) as s(kind text, queue text, args jsonb, priority smallint,
                    run_at timestamptz, max_attempts integer, timeout_secs integer,
                    idempotency_key text, request_hash text)
          order by e.ord
-        on conflict (idempotency_key) where idempotency_key is not null do nothing
+        on conflict (tenant, idempotency_key) where idempotency_key is not null do nothing
         returning *
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -122,16 +130,25 @@ begin
 end
 $$;
 
--- Enqueue one job under an optional idempotency key. `created` is false when the key was
--- already taken: the caller compares request_hash to tell a replay from a conflict.
+-- Enqueue one job of p_tenant under an optional idempotency key (per tenant). `created` is
+-- false when the key was already taken: the caller compares request_hash to tell a replay
+-- from a conflict. Every argument after the spec is optional. Replaces the three-argument
+-- form of before tenants.
+do $$ begin
+    if to_regprocedure('jobcast.enqueue_job(jsonb, text, text)') is not null then
+        drop function jobcast.enqueue_job(jsonb, text, text);
+    end if;
+end $$;
 create or replace function jobcast.enqueue_job(
-    p_spec jsonb, p_idempotency_key text, p_request_hash text,
+    p_spec jsonb, p_idempotency_key text default null, p_request_hash text default null,
+    p_tenant text default 'default',
     out job jobcast.jobs, out created boolean
 )
 language plpgsql as $$
 begin
     if p_idempotency_key is not null then
-        select * into job from jobcast.jobs where idempotency_key = p_idempotency_key;
+        select * into job from jobcast.jobs
+         where tenant = p_tenant and idempotency_key = p_idempotency_key;
         if found then
             created := false;
             return;
@@ -139,13 +156,14 @@ begin
     end if;
     select * into job from jobcast.enqueue_jobs(jsonb_build_array(
         p_spec || jsonb_build_object('idempotency_key', p_idempotency_key,
-                                     'request_hash', p_request_hash)));
+                                     'request_hash', p_request_hash)), p_tenant);
     if found then
         created := true;
         return;
     end if;
     -- Lost a race for the key: the winner has committed, return its job.
-    select * into job from jobcast.jobs where idempotency_key = p_idempotency_key;
+    select * into job from jobcast.jobs
+     where tenant = p_tenant and idempotency_key = p_idempotency_key;
     created := false;
 end
 $$;

@@ -50,10 +50,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of `server` (e.g. `http://127.0.0.1:8080`).
+    /// A client of `server` (e.g. `http://127.0.0.1:8080`). It sends the API key of
+    /// `JOBCAST_API_KEY` when set (an environment variable, never a flag: a flag would show
+    /// the key in the process list).
     pub fn new(server: &str) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let key = std::env::var("JOBCAST_API_KEY").unwrap_or_default();
+        if let Ok(mut value) =
+            format!("Bearer {}", key.trim()).parse::<reqwest::header::HeaderValue>()
+        {
+            value.set_sensitive(true);
+            if !key.trim().is_empty() {
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         Client {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
             server: server.trim_end_matches('/').to_owned(),
         }
     }

@@ -45,6 +45,35 @@ pub struct WebArgs {
     /// Most queues given their own `queue` label on /metrics (the busiest; the rest are `other`).
     #[arg(long, env = "JOBCAST_METRICS_MAX_QUEUES", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub metrics_max_queues: u64,
+    #[command(flatten)]
+    /// API keys, stream tokens and abuse limits.
+    pub auth: AuthArgs,
+}
+
+/// Authentication, tenants and abuse limits of the web tier (docs/security.md).
+#[derive(Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// File of `TENANT KEY` lines; when set, every /v1 request needs `Authorization: Bearer KEY`.
+    #[arg(long, env = "JOBCAST_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Serve without keys on a non-loopback address anyway.
+    #[arg(long, env = "JOBCAST_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub insecure_no_auth: bool,
+    /// Comma-separated HS256 secrets for stream tokens: the first signs, all verify.
+    #[arg(long, env = "JOBCAST_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<crate::auth::TokenSecrets>,
+    /// Lifetime of the stream tokens in job links and of minted tokens by default.
+    #[arg(long, env = "JOBCAST_STREAM_TOKEN_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stream_token_ttl_secs: u64,
+    /// Requests per second per API key (burst: twice that; 0: no limit).
+    #[arg(long, env = "JOBCAST_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Open streams per tenant in this process.
+    #[arg(long, env = "JOBCAST_MAX_STREAMS_PER_TENANT", default_value_t = 10_000)]
+    pub max_streams_per_tenant: usize,
+    /// Open streams in this process (default: the open-file limit less a reserve).
+    #[arg(long, env = "JOBCAST_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
 }
 
 impl WebArgs {

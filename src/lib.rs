@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: API keys per tenant and stream tokens (HTTP-free; `web::auth` applies them).
 //! - [`config`]: one configuration from flags and environment, validated once.
 //! - [`shutdown`]: SIGTERM/SIGINT become a cancellation token and a drain deadline.
 //! - [`job`]: checked types at the edge: [`job::JobId`], [`job::Status`], [`job::JobSpec`].
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;

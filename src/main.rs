@@ -313,6 +313,8 @@ fn raise_open_file_limit() {
 
 async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyhow::Result<u8> {
     check_queues(&work)?;
+    // Before the cluster starts: a refused auth set-up fails at once.
+    web::auth::Gate::check(&web_args).map_err(anyhow::Error::msg)?;
     // Bind first: a taken address fails before a cluster or a worker starts.
     let listener = web::bind(web_args.listen)?;
     let mut cluster = None;

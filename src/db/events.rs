@@ -31,6 +31,8 @@ pub struct Frame {
     pub queue: Option<ByteString>,
     /// See `queue`.
     pub kind: Option<ByteString>,
+    /// The tenant owning the job (firehose pages only: a tenant sees its own jobs only).
+    pub tenant: Option<ByteString>,
 }
 
 impl Frame {
@@ -50,6 +52,7 @@ impl Frame {
             },
             queue: None,
             kind: None,
+            tenant: None,
         })
     }
 
@@ -155,20 +158,21 @@ pub async fn read_events_after(
 }
 
 /// The firehose after `after`, in commit order: every frame, each with whether it passes
-/// the queue and kind filters (the cursor advances over all of them). About
-/// [`PAGE_BYTES`] at most.
+/// the queue and kind filters (the cursor advances over all of them) and the tenant owning
+/// its job (streams show a tenant its own jobs only). About [`PAGE_BYTES`] at most.
 pub async fn read_firehose(
     client: &impl GenericClient,
     after: Cursor,
     queue: Option<&str>,
     kind: Option<&str>,
     limit: i32,
-) -> Result<Vec<(Frame, bool)>> {
+) -> Result<Vec<(Frame, bool, String)>> {
     let statement = client
         .prepare_cached(&format!(
             "select * from (
-                select {}, e.matches
+                select {}, e.matches, coalesce(j.tenant, 'default') as tenant
                   from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e
+                  left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $6 order by xid::xid8, id",
             frame_columns("e.xid, e.id")
@@ -182,7 +186,13 @@ pub async fn read_firehose(
         )
         .await?;
     rows.iter()
-        .map(|row| Ok((Frame::from_row(row)?, row.try_get("matches")?)))
+        .map(|row| {
+            Ok((
+                Frame::from_row(row)?,
+                row.try_get("matches")?,
+                row.try_get("tenant")?,
+            ))
+        })
         .collect()
 }
 
@@ -219,8 +229,10 @@ pub async fn firehose_page(
     let statement = client
         .prepare_cached(&format!(
             "select * from (
-                select {}, e.data->>'queue' as queue, e.data->>'kind' as kind
+                select {}, e.data->>'queue' as queue, e.data->>'kind' as kind,
+                       coalesce(j.tenant, 'default') as tenant
                   from jobcast.firehose_page($1::text::xid8, $2, $3) e
+                  left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $4 or job_id is null order by xid::xid8, id",
             frame_columns("e.xid, e.id")

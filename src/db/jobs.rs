@@ -4,13 +4,24 @@ use serde_json::Value;
 use super::{GenericClient, Result};
 use crate::job::{Job, JobId, JobSpec, Status};
 
-/// `jobcast.enqueue_jobs`: all specs in one statement (and one transaction).
+/// `jobcast.enqueue_jobs`: all specs in one statement (and one transaction), for the
+/// `default` tenant.
 pub async fn enqueue_jobs(client: &impl GenericClient, specs: &[JobSpec]) -> Result<Vec<Job>> {
+    enqueue_jobs_as(client, specs, crate::auth::Tenant::DEFAULT).await
+}
+
+/// `jobcast.enqueue_jobs`: all specs in one statement (and one transaction), owned by
+/// `tenant`.
+pub async fn enqueue_jobs_as(
+    client: &impl GenericClient,
+    specs: &[JobSpec],
+    tenant: &str,
+) -> Result<Vec<Job>> {
     let payload = Value::Array(specs.iter().map(JobSpec::to_sql_json).collect());
     let statement = client
-        .prepare_cached("select * from jobcast.enqueue_jobs($1)")
+        .prepare_cached("select * from jobcast.enqueue_jobs($1, $2)")
         .await?;
-    let rows = client.query(&statement, &[&payload]).await?;
+    let rows = client.query(&statement, &[&payload, &tenant]).await?;
     Ok(rows
         .iter()
         .map(Job::from_row)
@@ -27,20 +38,22 @@ pub struct Enqueued {
     pub request_hash: Option<String>,
 }
 
-/// `jobcast.enqueue_job`: one job, optionally under an idempotency key.
+/// `jobcast.enqueue_job`: one job of `tenant`, optionally under an idempotency key (keys
+/// are per tenant).
 pub async fn enqueue_job(
     client: &impl GenericClient,
     spec: &JobSpec,
     idempotency_key: Option<&str>,
+    tenant: &str,
 ) -> Result<Enqueued> {
     let statement = client
-        .prepare_cached("select (job).*, created from jobcast.enqueue_job($1, $2, $3)")
+        .prepare_cached("select (job).*, created from jobcast.enqueue_job($1, $2, $3, $4)")
         .await?;
     let fingerprint = spec.fingerprint();
     let row = client
         .query_one(
             &statement,
-            &[&spec.to_sql_json(), &idempotency_key, &fingerprint],
+            &[&spec.to_sql_json(), &idempotency_key, &fingerprint, &tenant],
         )
         .await?;
     Ok(Enqueued {
@@ -60,22 +73,37 @@ macro_rules! job_columns {
     };
 }
 
-/// One job by id.
-pub async fn get_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
+/// One job by id, if `tenant` owns it (for any other tenant it does not exist).
+pub async fn get_job(client: &impl GenericClient, id: JobId, tenant: &str) -> Result<Option<Job>> {
     let statement = client
         .prepare_cached(concat!(
             "select ",
             job_columns!(),
-            " from jobcast.jobs j where id = $1"
+            " from jobcast.jobs j where id = $1 and tenant = $2"
         ))
         .await?;
-    let row = client.query_opt(&statement, &[&id.0]).await?;
+    let row = client.query_opt(&statement, &[&id.0, &tenant]).await?;
     Ok(row.as_ref().map(Job::from_row).transpose()?)
+}
+
+/// Those of `ids` that `tenant` owns.
+pub async fn owned_job_ids(
+    client: &impl GenericClient,
+    ids: &[i64],
+    tenant: &str,
+) -> Result<Vec<i64>> {
+    let statement = client
+        .prepare_cached("select id from jobcast.jobs where id = any($1) and tenant = $2")
+        .await?;
+    let rows = client.query(&statement, &[&ids, &tenant]).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// Filters of `GET /v1/jobs`.
 #[derive(Debug, Default)]
 pub struct JobFilter {
+    /// The caller's tenant: only its jobs.
+    pub tenant: String,
     /// Only this queue.
     pub queue: Option<String>,
     /// Only this kind.
@@ -99,6 +127,7 @@ pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Resul
                 and ($2::text is null or kind = $2)
                 and ($3::text is null or status = $3::text::jobcast.job_status)
                 and ($4::bigint is null or id < $4)
+                and tenant = $6
               order by id desc
               limit $5"
         ))
@@ -113,6 +142,7 @@ pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Resul
                 &status,
                 &filter.before.map(|id| id.0),
                 &filter.limit,
+                &filter.tenant,
             ],
         )
         .await?;

@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::auth::{link_token, Caller};
 use super::problem::ApiError;
 use super::WebState;
 use crate::db;
@@ -21,7 +22,7 @@ pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// Reads a JSON body: 415 unless JSON, 413 over the limit, 400 unless it parses.
-async fn read_json(
+pub async fn read_json(
     req: &HttpRequest,
     payload: web::Payload,
     state: &WebState,
@@ -104,6 +105,7 @@ fn accepted(job: &Job) -> HttpResponse {
 pub async fn create_job(
     req: HttpRequest,
     payload: web::Payload,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, &state).await?;
@@ -111,14 +113,18 @@ pub async fn create_job(
     let key = idempotency_key(&req)?;
     let client = state.pool.get().await?;
     let Some(key) = key else {
-        let jobs = db::jobs::enqueue_jobs(&client, std::slice::from_ref(&spec)).await?;
-        let job = jobs
-            .first()
+        let jobs = db::jobs::enqueue_jobs_as(&client, std::slice::from_ref(&spec), caller.tenant())
+            .await?;
+        let mut job = jobs
+            .into_iter()
+            .next()
             .ok_or_else(|| ApiError::Internal("enqueue returned no job".into()))?;
         tracing::info!(job_id = %job.id, kind = %job.kind, queue = %job.queue, "enqueued");
-        return Ok(accepted(job));
+        link_token(&state.gate, &caller, &mut job);
+        return Ok(accepted(&job));
     };
-    let enqueued = db::jobs::enqueue_job(&client, &spec, Some(&key)).await?;
+    let mut enqueued = db::jobs::enqueue_job(&client, &spec, Some(&key), caller.tenant()).await?;
+    link_token(&state.gate, &caller, &mut enqueued.job);
     if enqueued.created {
         Ok(accepted(&enqueued.job))
     } else if enqueued.request_hash.as_deref() == Some(spec.fingerprint().as_str()) {
@@ -138,6 +144,7 @@ pub async fn create_job(
 pub async fn create_batch(
     req: HttpRequest,
     payload: web::Payload,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, &state).await?;
@@ -170,29 +177,36 @@ pub async fn create_batch(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let client = state.pool.get().await?;
-    let jobs = db::jobs::enqueue_jobs(&client, &specs).await?;
+    let mut jobs = db::jobs::enqueue_jobs_as(&client, &specs, caller.tenant()).await?;
+    for job in &mut jobs {
+        link_token(&state.gate, &caller, job);
+    }
     Ok(HttpResponse::Accepted().json(json!({ "jobs": jobs })))
 }
 
 /// `GET /v1/jobs/{id}`
 pub async fn get_job(
     path: web::Path<String>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
     let client = state.pool.get().await?;
-    let job = db::jobs::get_job(&client, id)
+    let mut job = db::jobs::get_job(&client, id, caller.tenant())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
+    link_token(&state.gate, &caller, &mut job);
     Ok(HttpResponse::Ok().json(job))
 }
 
 /// `GET /v1/jobs?queue=&kind=&status=&limit=&cursor=`
 pub async fn list_jobs(
     query: web::Query<HashMap<String, String>>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut filter = db::jobs::JobFilter {
+        tenant: caller.tenant().to_owned(),
         limit: 50,
         ..Default::default()
     };
@@ -228,7 +242,10 @@ pub async fn list_jobs(
         }
     }
     let client = state.pool.get().await?;
-    let jobs = db::jobs::list_jobs(&client, &filter).await?;
+    let mut jobs = db::jobs::list_jobs(&client, &filter).await?;
+    for job in &mut jobs {
+        link_token(&state.gate, &caller, job);
+    }
     let next_cursor = (jobs.len() as i64 == filter.limit)
         .then(|| jobs.last().map(|job| job.id.clone()))
         .flatten();
@@ -252,15 +269,24 @@ fn name_filter(field: &str, value: &str, max: usize) -> Result<String, ApiError>
 #[tracing::instrument(skip_all, fields(job_id = %path))]
 pub async fn cancel_job(
     path: web::Path<String>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
     let client = state.pool.get().await?;
-    if let Some(job) = db::jobs::cancel_job(&client, id).await? {
+    // A job's tenant never changes: checking it first leaves no window.
+    if db::jobs::get_job(&client, id, caller.tenant())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!("no job with id {id}")));
+    }
+    if let Some(mut job) = db::jobs::cancel_job(&client, id).await? {
         tracing::info!("cancelled");
+        link_token(&state.gate, &caller, &mut job);
         return Ok(HttpResponse::Accepted().json(job));
     }
-    match db::jobs::get_job(&client, id).await? {
+    match db::jobs::get_job(&client, id, caller.tenant()).await? {
         None => Err(ApiError::NotFound(format!("no job with id {id}"))),
         Some(job) => Err(ApiError::Conflict(format!(
             "job {id} is already {}",

@@ -14,14 +14,18 @@ use crate::config::WebArgs;
 use crate::hub::Hub;
 
 mod assets;
+pub mod auth;
 mod edge;
 pub mod jobs;
+pub mod limits;
 mod metrics;
+mod openapi;
 mod peers;
 pub mod problem;
 pub mod queues;
 pub mod stream;
 pub mod subscribers;
+pub mod tokens;
 
 use problem::ApiError;
 
@@ -41,6 +45,8 @@ pub struct WebState {
     pub metrics_max_queues: usize,
     /// Cancelled on SIGTERM: open streams end so the server can stop.
     pub shutdown: CancellationToken,
+    /// API keys, stream tokens and limits (`auth`).
+    pub gate: std::sync::Arc<auth::Gate>,
 }
 
 /// Connections one process accepts: far above actix's per-thread default of 25k, because a
@@ -67,6 +73,7 @@ pub fn build(
             .app_data(web::PathConfig::default().error_handler(edge::path_error))
             .app_data(web::JsonConfig::default().error_handler(edge::json_error))
             .wrap(actix_web::middleware::from_fn(edge::check))
+            .wrap(actix_web::middleware::from_fn(auth::authenticate))
             .wrap(actix_web::middleware::from_fn(request_deadline))
             .wrap(cors(&cors_origins))
             .route("/", web::get().to(assets::console_html))
@@ -76,6 +83,7 @@ pub fn build(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics::render))
+            .route("/openapi.json", web::get().to(openapi::document))
             .route("/v1/jobs", web::post().to(jobs::create_job))
             .route("/v1/jobs", web::get().to(jobs::list_jobs))
             .route("/v1/jobs/batch", web::post().to(jobs::create_batch))
@@ -94,6 +102,7 @@ pub fn build(
             )
             .route("/v1/workers", web::get().to(queues::list_workers))
             .route("/v1/events", web::get().to(stream::all_events))
+            .route("/v1/tokens", web::post().to(tokens::create_token))
             .default_service(web::to(not_found))
     })
     .listen(listener)?
@@ -121,8 +130,13 @@ fn cors(origins: &[String]) -> Cors {
             header::ACCEPT,
             header::HeaderName::from_static("last-event-id"),
             header::HeaderName::from_static("idempotency-key"),
+            header::AUTHORIZATION,
         ])
-        .expose_headers([header::LOCATION])
+        .expose_headers([
+            header::LOCATION,
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+        ])
         .max_age(3600);
     for origin in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         cors = if origin == "*" {
@@ -164,6 +178,8 @@ pub async fn serve_on(
     listen_config: crate::db::ConnectionConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let gate = std::sync::Arc::new(auth::Gate::from_args(args).map_err(std::io::Error::other)?);
+    auth::Gate::reload_on_sighup(gate.clone(), shutdown.clone())?;
     let address = listener.local_addr()?;
     let hub = Hub::start(listen_config, pool.clone(), shutdown.clone());
     subscribers::start(pool.clone(), shutdown.clone());
@@ -175,6 +191,7 @@ pub async fn serve_on(
         body_timeout: Duration::from_secs(args.body_timeout_secs),
         metrics_max_queues: usize::try_from(args.metrics_max_queues).unwrap_or(usize::MAX),
         shutdown,
+        gate,
     };
     let server = build(listener, state, args.cors_origins.clone())?;
     // Tests and scripts read this line to find the port.

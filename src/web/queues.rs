@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::auth::Caller;
 use super::jobs::parse_job_id;
 use super::problem::ApiError;
 use super::WebState;
@@ -13,20 +14,28 @@ use crate::job::{is_name, Status};
 #[tracing::instrument(skip_all, fields(job_id = %path))]
 pub async fn retry_job(
     path: web::Path<String>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_job_id(&path)?;
+    let id = parse_job_id(&path).map_err(|_| caller.unknown_job(path.as_str()))?;
     let client = state.pool.get().await?;
+    // Another tenant's job does not exist for this caller.
+    if db::jobs::get_job(&client, id, caller.tenant())
+        .await?
+        .is_none()
+    {
+        return Err(caller.unknown_job(id));
+    }
     if db::console::retry_job(&client, id).await?.is_some() {
         tracing::info!("retried");
         // Re-read for the full object (subscribers, hint).
-        let job = db::jobs::get_job(&client, id)
+        let job = db::jobs::get_job(&client, id, caller.tenant())
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
+            .ok_or_else(|| caller.unknown_job(id))?;
         return Ok(HttpResponse::Accepted().json(job));
     }
-    match db::jobs::get_job(&client, id).await? {
-        None => Err(ApiError::NotFound(format!("no job with id {id}"))),
+    match db::jobs::get_job(&client, id, caller.tenant()).await? {
+        None => Err(caller.unknown_job(id)),
         // Failed or cancelled, yet refused: it is at the 100-attempt ceiling.
         Some(job) if matches!(job.status, Status::Failed | Status::Cancelled) => Err(
             ApiError::Conflict(format!("job {id} has used all 100 attempts a job may have")),

@@ -13,6 +13,7 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use super::auth::Caller;
 use super::jobs::parse_job_id;
 use super::problem::ApiError;
 use super::WebState;
@@ -82,9 +83,10 @@ pub async fn job_events(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_job_id(&path)?;
+    let id = parse_job_id(&path).map_err(|_| caller.unknown_job(path.as_str()))?;
     let resume = match resume_point(&req, &query)? {
         None => 0,
         Some(raw) => raw
@@ -100,9 +102,9 @@ pub async fn job_events(
     };
     let job = {
         let client = state.pool.get().await?;
-        db::jobs::get_job(&client, id)
+        db::jobs::get_job(&client, id, caller.tenant())
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?
+            .ok_or_else(|| caller.unknown_job(id))?
     };
     if job.status.is_terminal() && resume >= job.last_event_id {
         // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
@@ -200,10 +202,11 @@ impl JobFollower {
 pub async fn all_events(
     req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     for name in query.keys() {
-        if !["queue", "kind", "last_event_id"].contains(&name.as_str()) {
+        if !["queue", "kind", "last_event_id", "token"].contains(&name.as_str()) {
             return Err(ApiError::invalid(name.as_str(), "unknown query parameter"));
         }
     }
@@ -231,8 +234,9 @@ pub async fn all_events(
     };
     let follower = FirehoseFollower {
         cursor,
-        queue: query.get("queue").cloned(),
-        kind: query.get("kind").cloned(),
+        queue: caller.firehose_filter("queue", query.get("queue"))?,
+        kind: caller.firehose_filter("kind", query.get("kind"))?,
+        tenant: caller.tenant().to_owned(),
         backlog: VecDeque::new(),
         read_table: true,
         pages,
@@ -252,6 +256,8 @@ pub async fn all_events(
 struct FirehoseFollower {
     /// Everything up to here has been written to the client (or filtered out).
     cursor: Cursor,
+    /// The caller's tenant: other tenants' events are skipped.
+    tenant: String,
     queue: Option<String>,
     kind: Option<String>,
     backlog: VecDeque<Frame>,
@@ -267,7 +273,9 @@ impl FirehoseFollower {
             None => true,
             Some(wanted) => value.as_deref() == Some(wanted.as_str()),
         };
-        passes(&self.queue, &frame.queue) && passes(&self.kind, &frame.kind)
+        frame.tenant.as_deref() == Some(self.tenant.as_str())
+            && passes(&self.queue, &frame.queue)
+            && passes(&self.kind, &frame.kind)
     }
 
     async fn next(&mut self) -> Option<sse::Event> {

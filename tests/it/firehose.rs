@@ -79,7 +79,7 @@ async fn an_event_committed_after_a_later_id_is_never_skipped() {
         let page = db::events::read_firehose(&reader, start, None, None, 100)
             .await
             .unwrap();
-        (page.len() == 2).then(|| page.iter().map(|(f, _)| f.job_id).collect())
+        (page.len() == 2).then(|| page.iter().map(|(f, _, _)| f.job_id).collect())
     })
     .await;
     assert_eq!(

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod cancel;
 mod chaos;
 mod cli;
