@@ -37,8 +37,8 @@ pub const EVENTS_CHANNEL: &str = "jobcast_events";
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
 pub enum HubMessage {
-    /// The next event the hub read for this job.
-    Frame(Frame),
+    /// The next event the hub read for this job (boxed: a frame is large, a resync small).
+    Frame(Box<Frame>),
     /// Notifications may have been missed: re-read the table from your last seq.
     Resync,
 }
@@ -355,7 +355,7 @@ impl Hub {
                 ..frame
             };
             // No receivers is fine: the last subscriber just left.
-            let _ = topic.sender.send(HubMessage::Frame(frame));
+            let _ = topic.sender.send(HubMessage::Frame(Box::new(frame)));
         }
         if full {
             // Cut short: read on from where each job got to, including jobs of which this

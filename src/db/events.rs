@@ -257,6 +257,9 @@ pub async fn firehose_page(
         frame.kind = row
             .try_get::<_, Option<String>>("kind")?
             .map(ByteString::from);
+        frame.tenant = row
+            .try_get::<_, Option<String>>("tenant")?
+            .map(ByteString::from);
         frames.push(frame);
     }
     let done = if frames.is_empty() {

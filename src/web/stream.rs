@@ -174,7 +174,7 @@ impl JobFollower {
                 message = self.subscription.recv() => match message {
                     Ok(HubMessage::Frame(frame)) if frame.seq <= self.last_seq => {}
                     Ok(HubMessage::Frame(frame)) if frame.seq == self.last_seq + 1 => {
-                        self.backlog.push_back(frame);
+                        self.backlog.push_back(*frame);
                     }
                     // A gap, a resync or lagging behind: the table has everything.
                     Ok(_) | Err(RecvError::Lagged(_)) => self.read_table = true,
