@@ -67,9 +67,12 @@ async fn every_v1_endpoint_needs_a_key_and_another_tenant_never_sees_the_job() {
     for (method, path) in [
         ("GET", format!("/v1/jobs/{id}")),
         ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("POST", format!("/v1/jobs/{id}/retry")),
         ("GET", format!("/v1/jobs/{id}/events")),
     ] {
-        let reply = call(method, &format!("{s}{path}"), Some(GLOBEX_KEY), None).await;
+        // POSTs carry JSON (a POST without it is a 415 before anything else is looked at).
+        let body = (method == "POST").then(|| json!({}));
+        let reply = call(method, &format!("{s}{path}"), Some(GLOBEX_KEY), body).await;
         assert_eq!(
             reply.status, 404,
             "{method} {path} by globex: {}",
@@ -148,7 +151,7 @@ async fn every_v1_endpoint_needs_a_key_and_another_tenant_never_sees_the_job() {
         "POST",
         &format!("{s}/v1/jobs/{id}/cancel"),
         Some(ACME_KEY),
-        None,
+        Some(json!({})),
     )
     .await;
     assert_eq!(cancel.status, 202, "{}", cancel.body);
