@@ -179,3 +179,18 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(procs, marker_dir)
         last = events_of(procs.db, long.id)[-1]
         assert last[1] == "queued" and last[2]["message"] == "released by a stopping worker"
     assert "worker stopped" in worker.log_text()
+
+
+def test_the_worker_announces_its_kinds_and_leaves_the_list_when_stopped(procs, marker_dir):
+    server = procs.serve()
+    worker = procs.python_worker(markers=marker_dir)
+
+    def listed():
+        import httpx
+        workers = httpx.get(f"{server.url}/v1/workers").json()["workers"]
+        return [w for w in workers if "py.steps" in w["kinds"]]
+
+    seen = wait_for(listed, timeout=10.0, what="the Python worker in GET /v1/workers")
+    assert seen[0]["queues"] == ["default"] and seen[0]["alive"]
+    worker.child.send_signal(signal.SIGTERM)
+    wait_for(lambda: not listed(), timeout=10.0, what="the stopped worker gone from the list")

@@ -80,6 +80,43 @@ async def heartbeat(url: str, worker_id: str, lease_secs: float, held: Callable[
         await connector.close()
 
 
+ANNOUNCE_EVERY = 5.0
+
+
+async def announce(url: str, worker_id: str, queues: Sequence[str], kinds: Sequence[str],
+                   concurrency: int, running: Callable[[], int]) -> None:
+    """Every few seconds, tells the database which queues and kinds this worker takes
+    (``jobcast.announce_worker``: the console's workers list and its "no worker takes kind
+    X" hints); removes the row when cancelled. A schema without the function is skipped."""
+    connector = Connector(url, "jobcast-py-announce")
+    try:
+        while True:
+            try:
+                conn = await connector.get()
+                cur = await conn.execute(
+                    "select to_regprocedure("
+                    "'jobcast.announce_worker(text, text[], text[], integer, integer)') is not null")
+                row = await cur.fetchone()
+                if not (row and row[0]):
+                    return
+                await conn.execute(
+                    "select jobcast.announce_worker(%s, %s, %s, %s, %s)",
+                    (worker_id, list(queues), list(kinds), concurrency, running()))
+            except psycopg.Error as e:
+                log.warning("announcing the worker failed: %s", e)
+                await connector.reset()
+            await asyncio.sleep(ANNOUNCE_EVERY)
+    except asyncio.CancelledError:
+        try:
+            conn = await connector.get()
+            await conn.execute("select jobcast.retire_worker(%s)", (worker_id,))
+        except (psycopg.Error, OSError):
+            pass
+        raise
+    finally:
+        await connector.close()
+
+
 async def maintain(url: str, lease_secs: float, retry_base_ms: int,
                    retention_days: float) -> None:
     """Takes back attempts whose lease ran out (any worker's) at least twice per lease, as

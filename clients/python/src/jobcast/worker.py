@@ -200,7 +200,9 @@ class Worker:
         background = [asyncio.ensure_future(f) for f in (
             _duties.listen(url, self.queues, self._wake, self._cancel),
             _duties.heartbeat(url, self.worker_id, self.lease_secs, self._held, self._lost),
-            _duties.maintain(url, self.lease_secs, self.retry_base_ms, self.retention_days))]
+            _duties.maintain(url, self.lease_secs, self.retry_base_ms, self.retention_days),
+            _duties.announce(url, self.worker_id, self.queues, self.kinds, self.concurrency,
+                             lambda: len(self._running)))]
         try:
             await self._claim_loop()
             await self._drain()
