@@ -12,14 +12,27 @@ pub struct DatabaseArgs {
     /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Where the LISTEN connection goes when it must differ from the pool's (queries through
+    /// PgBouncer in transaction mode, LISTEN directly to the primary). Default: the same URL.
+    #[arg(long, env = "JOBCAST_LISTEN_DATABASE_URL")]
+    pub listen_database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The URL of the LISTEN connection: `--listen-database-url`, else `url`.
+    pub fn listen_url<'a>(&'a self, url: &'a str) -> &'a str {
+        self.listen_database_url.as_deref().unwrap_or(url)
+    }
 }
 
 impl fmt::Debug for DatabaseArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Connection URLs carry passwords: never print them.
         let shown = self.database_url.as_ref().map(|_| "<redacted>");
+        let listen = self.listen_database_url.as_ref().map(|_| "<redacted>");
         f.debug_struct("DatabaseArgs")
             .field("database_url", &shown)
+            .field("listen_database_url", &listen)
             .finish()
     }
 }

@@ -176,7 +176,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             ensure_schema(&url, migrate).await?;
             raise_open_file_limit();
             let pool = db::pool(&url, "jobcast-serve", 32)?;
-            let listen = db::connection_config(&url, "jobcast-serve-listen")?;
+            let listen = db::connection_config(database.listen_url(&url), "jobcast-serve-listen")?;
             web::serve(&web, pool, listen, shutdown::on_signal()).await?;
             Ok(0)
         }
@@ -189,7 +189,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             check_queues(&work)?;
             ensure_schema(&url, migrate).await?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
-            let listen = db::connection_config(&url, "jobcast-work-listen")?;
+            let listen = db::connection_config(database.listen_url(&url), "jobcast-work-listen")?;
             let registry = Registry::new()
                 .with_demo_handlers()
                 .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
@@ -318,7 +318,7 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
     // Bind first: a taken address fails before a cluster or a worker starts.
     let listener = web::bind(web_args.listen)?;
     let mut cluster = None;
-    let url = match database.database_url {
+    let url = match database.database_url.clone() {
         Some(url) => url,
         None => {
             let started = embedded::Cluster::start_or_reuse(std::path::Path::new(".jobcast/pg"))
@@ -336,8 +336,9 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
     let shutdown = shutdown::on_signal();
     let pool = db::pool(&url, "jobcast-dev", 32)?;
     let worker_pool = db::pool(&url, "jobcast-dev-worker", 12)?;
-    let web_listen = db::connection_config(&url, "jobcast-dev-listen")?;
-    let work_listen = db::connection_config(&url, "jobcast-dev-worker-listen")?;
+    let web_listen = db::connection_config(database.listen_url(&url), "jobcast-dev-listen")?;
+    let work_listen =
+        db::connection_config(database.listen_url(&url), "jobcast-dev-worker-listen")?;
     let registry = Registry::new()
         .with_demo_handlers()
         .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;

@@ -491,3 +491,60 @@ async fn client_mistakes_get_short_problem_documents_and_stay_out_of_the_error_l
     assert_eq!(send(http().get(format!("{url}/healthz"))).await.0, 200);
     assert_eq!(log_lines_at(&serve, "ERROR"), Vec::<String>::new());
 }
+
+/// Slowloris: 500 connections that send their request head a byte at a time (and never
+/// finish it) do not slow normal requests, and are cut after the head timeout.
+#[tokio::test]
+async fn five_hundred_slow_heads_do_not_slow_normal_requests() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let address = serve.url().trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut socket = TcpStream::connect(&address).await.unwrap();
+        socket
+            .write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(socket);
+    }
+    // Keep them trickling while normal requests are timed.
+    let trickle = tokio::spawn(async move {
+        for round in 0..6 {
+            for socket in slow.iter_mut() {
+                let _ = socket
+                    .write_all(format!("X-{round}: y\r\n").as_bytes())
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        slow
+    });
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = http()
+            .get(format!("{}/v1/jobs", serve.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        worst = worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        worst < Duration::from_millis(100),
+        "normal requests answered in at most {worst:?} beside 500 slow heads"
+    );
+    // The slow heads are cut (actix's head timeout, 5 s): reading gives EOF or an error.
+    let mut slow = trickle.await.unwrap();
+    let mut cut = 0;
+    for socket in slow.iter_mut() {
+        let mut buffer = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buffer)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => cut += 1,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(cut, 500, "every slow head was answered or closed");
+}

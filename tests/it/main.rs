@@ -16,6 +16,7 @@ mod firehose;
 mod hardening;
 mod health;
 mod idempotency;
+mod listen_url;
 mod operations;
 mod postgres_restart;
 mod races;
