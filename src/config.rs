@@ -87,6 +87,11 @@ pub struct AuthArgs {
     /// Open streams in this process (default: the open-file limit less a reserve).
     #[arg(long, env = "JOBCAST_MAX_STREAMS")]
     pub max_streams: Option<usize>,
+    /// Comma-separated tenants allowed the operator endpoints (`GET /v1/queues`, pause and
+    /// resume, `GET /v1/workers`): queues are shared by every tenant. Default: the keys
+    /// file's tenant when it has only one, else none.
+    #[arg(long, env = "JOBCAST_OPERATOR_TENANTS", value_delimiter = ',')]
+    pub operator_tenants: Vec<String>,
 }
 
 impl WebArgs {

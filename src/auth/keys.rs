@@ -117,6 +117,11 @@ impl Keys {
         self.tenants.len()
     }
 
+    /// The tenants that have a key.
+    pub fn tenants(&self) -> std::collections::BTreeSet<&str> {
+        self.tenants.values().map(Tenant::as_str).collect()
+    }
+
     /// Whether the file holds no key at all.
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()

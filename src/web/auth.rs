@@ -30,6 +30,7 @@ pub struct Gate {
     secrets: TokenSecrets,
     link_ttl: Duration,
     rate: Option<RateLimit>,
+    operators: Vec<String>,
     /// Open-stream counts.
     pub streams: Arc<StreamLimits>,
 }
@@ -80,6 +81,7 @@ impl Gate {
             keys_file: auth.api_keys_file.clone(),
             secrets,
             link_ttl: Duration::from_secs(auth.stream_token_ttl_secs),
+            operators: auth.operator_tenants.clone(),
             streams: StreamLimits::new(auth.max_streams_per_tenant, max_streams),
         })
     }
@@ -87,6 +89,20 @@ impl Gate {
     /// Whether requests need a key.
     pub fn is_on(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether `tenant` may use the operator endpoints (queues are shared by every tenant):
+    /// always with auth off; else a tenant of `--operator-tenants`, or, without that flag,
+    /// the keys file's only tenant.
+    pub fn is_operator(&self, tenant: &str) -> bool {
+        let Some(keys) = self.current_keys() else {
+            return true;
+        };
+        if !self.operators.is_empty() {
+            return self.operators.iter().any(|t| t == tenant);
+        }
+        let tenants = keys.tenants();
+        tenants.len() == 1 && tenants.contains(tenant)
     }
 
     /// The default lifetime of stream tokens.

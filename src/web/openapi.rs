@@ -26,7 +26,8 @@ pub async fn document() -> HttpResponse {
     ),
     paths(
         create_job, create_batch, get_job, list_jobs, cancel_job, job_events, all_events,
-        create_token, healthz, readyz, metrics, dashboard, openapi
+        create_token, retry_job, list_queues, pause_queue, resume_queue, list_workers,
+        healthz, readyz, metrics, dashboard, console_js, client_js, client_d_ts, openapi
     ),
     components(schemas(Job, Links, Status, JobSpec, Batch, Jobs, JobPage, TokenRequest, JobsToken, FirehoseToken, Token, Problem)),
     modifiers(&Security),
@@ -82,6 +83,10 @@ struct Job {
     updated_at: String,
     /// Seq of the job's latest event.
     last_event_id: i32,
+    /// Streams open on this job across every `serve` (a few seconds old at most).
+    subscribers: i64,
+    /// Why a queued job is not running: its queue is paused, or no worker takes its kind.
+    hint: Option<String>,
     links: Links,
 }
 
@@ -353,6 +358,77 @@ fn all_events() {}
 )]
 fn create_token() {}
 
+/// Retry a failed or cancelled job: `queued` again, due now, with a `retried` event.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Queued again (max_attempts raised to n+1 if used up)", body = Job),
+        (status = 404, description = "No such job (for this tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Queued, running or succeeded (or at 100 attempts)", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn retry_job() {}
+
+/// Every queue that has jobs or is paused (operator tenants only when auth is on).
+#[utoipa::path(get, path = "/v1/queues", tag = "queues",
+    responses(
+        (status = 200, description = "`{\"queues\": [{name, paused, jobs, oldest_queued_seconds, ...}]}`", body = Value),
+        (status = 403, description = "Not an operator tenant", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn list_queues() {}
+
+/// Pause a queue: it keeps accepting jobs, no worker claims from it.
+#[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "queues",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The queue", body = Value),
+        (status = 403, description = "Not an operator tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a queue name", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn pause_queue() {}
+
+/// Resume a paused queue.
+#[utoipa::path(post, path = "/v1/queues/{name}/resume", tag = "queues",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The queue", body = Value),
+        (status = 403, description = "Not an operator tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a queue name", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn resume_queue() {}
+
+/// The workers seen in the last hour, and the kinds with due jobs no live worker takes.
+#[utoipa::path(get, path = "/v1/workers", tag = "queues",
+    responses(
+        (status = 200, description = "`{\"workers\": [...], \"kinds_without_worker\": [...]}`", body = Value),
+        (status = 403, description = "Not an operator tenant", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn list_workers() {}
+
+/// The console's script.
+#[utoipa::path(get, path = "/console.js", tag = "operations", security(()),
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String)))]
+fn console_js() {}
+
+/// The browser client: `follow(urlOrJobId, handlers)`.
+#[utoipa::path(get, path = "/client.js", tag = "operations", security(()),
+    responses((status = 200, description = "An ES module", content_type = "text/javascript", body = String)))]
+fn client_js() {}
+
+/// The browser client's types.
+#[utoipa::path(get, path = "/client.d.ts", tag = "operations", security(()),
+    responses((status = 200, description = "TypeScript declarations", content_type = "application/typescript", body = String)))]
+fn client_d_ts() {}
+
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "Alive", body = Value)))]
@@ -371,7 +447,7 @@ fn readyz() {}
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 fn metrics() {}
 
-/// The dashboard page.
+/// The console page.
 #[utoipa::path(get, path = "/", tag = "operations", security(()),
     responses((status = 200, description = "HTML", content_type = "text/html", body = String)))]
 fn dashboard() {}
@@ -394,6 +470,11 @@ mod tests {
             "/v1/jobs/{id}/events",
             "/v1/events",
             "/v1/tokens",
+            "/v1/jobs/{id}/retry",
+            "/v1/queues",
+            "/v1/queues/{name}/pause",
+            "/v1/workers",
+            "/client.js",
             "/readyz",
         ] {
             assert!(document["paths"][path].is_object(), "{path}");

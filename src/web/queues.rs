@@ -48,10 +48,28 @@ pub async fn retry_job(
 }
 
 /// `GET /v1/queues`: every queue that has jobs or is paused.
-pub async fn list_queues(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
+pub async fn list_queues(
+    caller: Caller,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    operator_only(&caller, &state)?;
     let client = state.pool.get().await?;
     let queues = db::console::queue_summaries(&client, None).await?;
     Ok(HttpResponse::Ok().json(json!({ "queues": queues })))
+}
+
+/// Queues and workers are shared by every tenant: with several tenants, only operator
+/// tenants may see or change them (`--operator-tenants`).
+fn operator_only(caller: &Caller, state: &WebState) -> Result<(), ApiError> {
+    if state.gate.is_operator(caller.tenant()) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "queues and workers are shared by every tenant: tenant {} is not an operator \
+             (--operator-tenants / JOBCAST_OPERATOR_TENANTS)",
+            caller.tenant()
+        )))
+    }
 }
 
 fn queue_name(raw: &str) -> Result<&str, ApiError> {
@@ -81,22 +99,30 @@ async fn set_paused(name: &str, paused: bool, state: &WebState) -> Result<HttpRe
 /// `POST /v1/queues/{name}/pause`: no worker claims from it until it is resumed.
 pub async fn pause_queue(
     path: web::Path<String>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
+    operator_only(&caller, &state)?;
     set_paused(&path, true, &state).await
 }
 
 /// `POST /v1/queues/{name}/resume`
 pub async fn resume_queue(
     path: web::Path<String>,
+    caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
+    operator_only(&caller, &state)?;
     set_paused(&path, false, &state).await
 }
 
 /// `GET /v1/workers`: workers heard from in the last hour, and the kinds with due jobs that
 /// no live worker takes.
-pub async fn list_workers(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
+pub async fn list_workers(
+    caller: Caller,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    operator_only(&caller, &state)?;
     let client = state.pool.get().await?;
     let workers = db::console::list_workers(&client).await?;
     let unhandled = db::console::kinds_without_worker(&client).await?;

@@ -123,3 +123,32 @@ fn the_readme_points_at_the_docs_in_the_repository() {
         assert!(root().join(doc).exists(), "{doc} is missing");
     }
 }
+
+/// `/openapi.json`, as a running `serve` answers it, describes every registered route with
+/// its method.
+#[tokio::test]
+async fn every_registered_route_is_in_the_openapi_document() {
+    let db = crate::common::TestDb::new().await;
+    let serve = crate::common::Proc::serve(&db.url, &[]);
+    let document: serde_json::Value = crate::common::http()
+        .get(format!("{}/openapi.json", serve.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let missing: Vec<String> = registered_routes()
+        .into_iter()
+        .filter(|(method, _)| method != "*")
+        .filter(|(method, path)| {
+            // actix's {name} path parameters are OpenAPI's too.
+            document["paths"][path.as_str()][method.to_lowercase()].is_null()
+        })
+        .map(|(method, path)| format!("{method} {path}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from /openapi.json: {missing:?}"
+    );
+}

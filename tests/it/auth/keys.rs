@@ -422,3 +422,47 @@ async fn submit_sends_the_key_of_jobcast_api_key() {
     );
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), r#"{"a":1}"#);
 }
+
+/// Queues and workers are shared by every tenant: with several tenants, only operator
+/// tenants may list them or pause a queue (a tenant must not stop another's work).
+#[tokio::test]
+async fn only_operator_tenants_see_and_pause_the_shared_queues() {
+    let db = TestDb::new().await;
+    let both = keyed_serve(&db, &two_tenants(), SECRET, &[]);
+    let s = both.url();
+    for (method, path, body) in [
+        ("GET", "/v1/queues", None),
+        ("GET", "/v1/workers", None),
+        ("POST", "/v1/queues/default/pause", Some(json!({}))),
+    ] {
+        let reply = call(method, &format!("{s}{path}"), Some(ACME_KEY), body).await;
+        assert_eq!(
+            reply.status, 403,
+            "{method} {path} with two tenants and no operator"
+        );
+    }
+    drop(both);
+
+    let operated = keyed_serve(&db, &two_tenants(), SECRET, &["--operator-tenants", "acme"]);
+    let s = operated.url();
+    let pause = format!("{s}/v1/queues/default/pause");
+    let refused = call("POST", &pause, Some(GLOBEX_KEY), Some(json!({}))).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let paused = call("POST", &pause, Some(ACME_KEY), Some(json!({}))).await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    assert_eq!(paused.body["paused"], true);
+    let listed = call("GET", &format!("{s}/v1/queues"), Some(ACME_KEY), None).await;
+    assert_eq!(listed.status, 200);
+    drop(operated);
+
+    // One tenant: it is the operator.
+    let single = keyed_serve(&db, &keys_file(&format!("acme {ACME_KEY}\n")), SECRET, &[]);
+    let reply = call(
+        "GET",
+        &format!("{}/v1/queues", single.url()),
+        Some(ACME_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
