@@ -38,6 +38,23 @@ async fn metrics_show_depth_age_running_retries_and_delivery() {
         .await;
     assert_eq!(types(&events).last(), Some(&"failed"));
     wait_for_status(serve.url(), &running, "running", T).await;
+    // Events delivered live (not replayed from the table) are what the delivery histogram
+    // measures: follow the running job until one of its progress events arrives live.
+    {
+        let mut live = Sse::open(serve.url(), &format!("/v1/jobs/{running}/events"), None).await;
+        let mut seen = 0;
+        while seen < 5 {
+            let event = live.next(T).await.expect("the running job's events");
+            if event.event == "progress" {
+                seen += 1;
+            }
+        }
+    }
+    eventually("the closed stream no longer counted", T, || async {
+        let text = metrics(serve.url()).await;
+        (fetch_metric(&text, "jobcast_sse_streams") == Some(0.0)).then_some(())
+    })
+    .await;
 
     let text = metrics(serve.url()).await;
     assert_eq!(
