@@ -80,8 +80,9 @@ impl Error {
 }
 
 /// What a log needs to find a failed statement: PostgreSQL's message, SQLSTATE, detail, hint
-/// and context (tokio-postgres's own text is only "db error"). Never sent to clients.
-fn describe(error: &tokio_postgres::Error) -> String {
+/// and context (tokio-postgres's own text is only "db error"). Never in a 500's answer; a job
+/// whose result or event PostgreSQL refused carries it in its `error.message`.
+pub fn describe(error: &tokio_postgres::Error) -> String {
     let Some(db) = error.as_db_error() else {
         return match std::error::Error::source(error) {
             Some(source) => format!("{error}: {source}"),

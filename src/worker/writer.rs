@@ -366,17 +366,10 @@ pub async fn write_ops(
     Ok(accepted)
 }
 
-/// PostgreSQL's own message, detail and SQLSTATE when there is one.
+/// PostgreSQL's own message, SQLSTATE and detail when there is one (see [`db::describe`]).
 fn describe(error: &db::Error) -> String {
-    if let db::Error::Postgres(e) = error {
-        if let Some(db) = e.as_db_error() {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(": ");
-                text.push_str(detail);
-            }
-            return text;
-        }
+    match error {
+        db::Error::Postgres(e) => db::describe(e),
+        other => other.to_string(),
     }
-    error.to_string()
 }
