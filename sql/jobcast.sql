@@ -605,6 +605,25 @@ language sql as $$
     select count(*)::integer from deleted cross join (select count(*) as n from counted) c
 $$;
 
+-- Forget ledger rows of group commits older than p_older_than (see migrations/V5): a worker
+-- retries a write only while it cannot reach the database, and a retry that comes after
+-- its lease ran out is refused by fencing whether or not the row is still there.
+create or replace function jobcast.prune_worker_writes(p_older_than interval, p_limit integer)
+returns integer
+language sql as $$
+    with doomed as (
+        select id from jobcast.worker_writes
+         where at < now() - p_older_than
+         order by at
+         limit p_limit
+           for update skip locked
+    ), deleted as (
+        delete from jobcast.worker_writes w using doomed where w.id = doomed.id
+        returning w.id
+    )
+    select count(*)::integer from deleted
+$$;
+
 -- The firehose horizon: every event whose xid is below it has committed or never will,
 -- and no transaction that can still write events has an xid below it. Only transactions
 -- of this database can write jobcast.events, so the in-progress transactions of other

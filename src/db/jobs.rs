@@ -354,3 +354,18 @@ pub async fn prune_finished_jobs(
     let row = client.query_one(&statement, &[&days, &limit]).await?;
     Ok(row.try_get(0)?)
 }
+
+/// `jobcast.prune_worker_writes`: how many write-ledger rows older than `older` were removed.
+pub async fn prune_worker_writes(
+    client: &impl GenericClient,
+    older: std::time::Duration,
+    limit: i32,
+) -> Result<i32> {
+    let statement = client
+        .prepare_cached("select jobcast.prune_worker_writes(make_interval(secs => $1::float8), $2)")
+        .await?;
+    let row = client
+        .query_one(&statement, &[&older.as_secs_f64(), &limit])
+        .await?;
+    Ok(row.try_get(0)?)
+}

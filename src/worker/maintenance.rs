@@ -1,5 +1,6 @@
 //! Duties any worker may perform, safe to run from many at once: taking back attempts whose
-//! lease ran out, and pruning finished jobs past the retention period.
+//! lease ran out, pruning finished jobs past the retention period, and forgetting old rows
+//! of the write ledger (`jobcast.worker_writes`).
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -11,6 +12,9 @@ use crate::db;
 /// Rows handled per statement, so maintenance never holds many locks at once.
 const BATCH: i32 = 500;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long a group commit's ledger row is kept: far longer than a worker retries a write
+/// whose outcome it does not know (after its lease, fencing refuses the retry anyway).
+const WRITE_LEDGER_KEPT: Duration = Duration::from_secs(3600);
 
 /// Runs until `stop`.
 pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
@@ -32,6 +36,10 @@ pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
                 }
             }
             _ = prune_tick.tick() => {
+                // Whatever the retention of jobs, the ledger gains a row per group commit.
+                if let Err(e) = prune_worker_writes(&pool, &stop).await {
+                    tracing::warn!(error = %e, "pruning the write ledger failed");
+                }
                 if args.retention_days > 0.0 {
                     if let Err(e) = prune_finished_jobs(&pool, args.retention_days, &stop).await {
                         tracing::warn!(error = %e, "pruning finished jobs failed");
@@ -67,6 +75,18 @@ async fn prune_finished_jobs(pool: &Pool, days: f64, stop: &CancellationToken) -
             return Ok(());
         }
         // Leave room for live traffic between batches.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn prune_worker_writes(pool: &Pool, stop: &CancellationToken) -> db::Result<()> {
+    loop {
+        let client = pool.get().await?;
+        let pruned = db::jobs::prune_worker_writes(&client, WRITE_LEDGER_KEPT, BATCH * 10).await?;
+        drop(client);
+        if pruned < BATCH * 10 || stop.is_cancelled() {
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

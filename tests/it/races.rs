@@ -486,3 +486,42 @@ async fn retention_days_prunes_old_finished_jobs_through_the_worker() {
         .get(0);
     assert_eq!(orphans, 0, "its events went with it");
 }
+
+/// The write ledger (`jobcast.worker_writes`, a row per group commit) does not grow forever:
+/// workers forget rows past an hour, and only those.
+#[tokio::test]
+async fn workers_prune_the_write_ledger_past_an_hour() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into jobcast.worker_writes (id, accepted, at) \
+             select 'gone/' || g, '{t}', now() - interval '2 hours' from generate_series(1, 6000) g; \
+             insert into jobcast.worker_writes (id, accepted, at) \
+             values ('kept/1', '{t}', now() - interval '50 minutes')",
+        )
+        .await
+        .unwrap();
+    let _work = Proc::work(&db.url, &[]);
+    eventually("the old ledger rows pruned", T, || async {
+        let old: i64 = client
+            .query_one(
+                "select count(*) from jobcast.worker_writes where id like 'gone/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (old == 0).then_some(())
+    })
+    .await;
+    let kept: i64 = client
+        .query_one(
+            "select count(*) from jobcast.worker_writes where id = 'kept/1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "a row younger than an hour stays");
+}
