@@ -2,6 +2,12 @@
 -- row in the same transaction; the statement trigger on jobcast.events NOTIFYs once per
 -- statement. Workers in any language can call these functions directly.
 -- Applied after migrations/ by `jobcast migrate`, under the same advisory lock.
+--
+-- Transitions of running attempts find their rows by id and test `status::text = 'running'`
+-- rather than `status = 'running'`: the latter matches the partial index jobs_running_lease,
+-- and PostgreSQL then ANDs a bitmap of that whole index with the ids. Under load that index
+-- holds every attempt finished since the last vacuum (20,000 entries after a 20k-job drain),
+-- read on every group commit: ~0.45 ms per statement, ~15 µs per job at 32 jobs per batch.
 
 -- Declared no stricter than its body (to_char is stable) so that PostgreSQL inlines it: a
 -- function that is not inlined is planned and run on its own for every row.
@@ -282,7 +288,7 @@ begin
           from per_attempt p
           left join input l on l.ord = p.last_progress
          where j.id = p.job_id and j.attempt = p.attempt and j.worker = p_worker
-           and j.status = 'running'
+           and j.status::text = 'running'  -- by id, not jobs_running_lease (see top)
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq - p.n as base
     ), numbered as (
         select i.ord, i.job_id, i.type, i.progress, i.message, i.data, u.kind, u.queue,
@@ -331,7 +337,7 @@ begin
                lease_until = null, worker = null, last_seq = j.last_seq + 1
           from unnest(ids, attempts, results) as i(id, attempt, result)
          where j.id = i.id and j.id = any(ids) and j.attempt = i.attempt
-           and j.worker = p_worker and j.status = 'running'
+           and j.worker = p_worker and j.status::text = 'running'  -- see top
         returning j.*
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -417,7 +423,7 @@ begin
                last_seq = j.last_seq + 1
           from input i
          where j.id = i.id and j.attempt = i.attempt and j.worker = p_worker
-           and j.status = 'running'
+           and j.status::text = 'running'  -- see top
         returning j.*
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -526,7 +532,7 @@ language sql as $$
        set lease_until = now() + make_interval(secs => p_lease_secs)
       from unnest(p_job_ids, p_attempts) as u(id, attempt)
      where j.id = u.id and j.attempt = u.attempt and j.worker = p_worker
-       and j.status = 'running'
+       and j.status::text = 'running'  -- see top
     returning j.id
 $$;
 
@@ -541,7 +547,7 @@ language sql as $$
                run_at = now(), updated_at = now(), last_seq = j.last_seq + 1
           from unnest(p_job_ids, p_attempts) as u(id, attempt)
          where j.id = u.id and j.attempt = u.attempt and j.worker = p_worker
-           and j.status = 'running'
+           and j.status::text = 'running'  -- see top
         returning j.*
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
