@@ -17,6 +17,7 @@ mod hardening;
 mod health;
 mod idempotency;
 mod listen_url;
+mod load_balancer;
 mod operations;
 mod pgbouncer;
 mod postgres_restart;
