@@ -137,11 +137,7 @@ impl Follower {
                 self.events.push(event.clone());
                 return Some(event);
             }
-            let terminal = self
-                .events
-                .last()
-                .is_some_and(|e| ["succeeded", "failed", "cancelled"].contains(&e.event.as_str()));
-            if terminal && !self.path.starts_with("/v1/events") {
+            if self.finished() {
                 return None;
             }
             let last = self.events.last().map(|e| e.id.clone());
@@ -157,10 +153,22 @@ impl Follower {
     }
 
     /// Reads until `n` more events came.
+    /// Reads until `n` more events came, or the job's stream ended.
     async fn read(&mut self, n: usize) {
         for _ in 0..n {
-            self.next().await.expect("the job is still running");
+            if self.next().await.is_none() {
+                return;
+            }
         }
+    }
+
+    /// Whether the job's terminal event came (never, for the firehose).
+    fn finished(&self) -> bool {
+        !self.path.starts_with("/v1/events")
+            && self
+                .events
+                .last()
+                .is_some_and(|e| ["succeeded", "failed", "cancelled"].contains(&e.event.as_str()))
     }
 }
 
@@ -235,7 +243,7 @@ async fn sse_through_nginx_is_unbuffered_and_resumes_on_other_pods_when_pods_are
         ids.push(
             submit_ok(
                 &balancer,
-                json!({"kind": "demo.steps", "args": {"steps": 50, "step_ms": 100}}),
+                json!({"kind": "demo.steps", "args": {"steps": 60, "step_ms": 100}}),
             )
             .await,
         );
@@ -292,11 +300,14 @@ async fn sse_through_nginx_is_unbuffered_and_resumes_on_other_pods_when_pods_are
             if follower.pod == address(&urls[victim]) {
                 // What the pod wrote before it died, then the end of the response.
                 let reconnects = follower.reconnects;
-                while follower.reconnects == reconnects {
-                    follower.next().await.expect("the job is still running");
+                while follower.reconnects == reconnects && !follower.finished() {
+                    follower.next().await;
                 }
             }
             follower.read(2).await;
+            if follower.finished() {
+                continue;
+            }
             let pod = urls.iter().position(|u| address(u) == follower.pod);
             assert!(
                 pod.is_some_and(|i| alive[i]),

@@ -97,8 +97,9 @@ logfile = {dir}/pgbouncer.log
         )
     }
 
-    /// `columns` of the test database's row of `SHOW what` on PgBouncer's admin console.
-    async fn show(&self, what: &str, columns: &[&str]) -> Vec<i64> {
+    /// `columns` (numbers) of the test database's rows of `SHOW what` on PgBouncer's admin
+    /// console.
+    async fn show(&self, what: &str, columns: &[&str]) -> Vec<Vec<i64>> {
         let admin = format!(
             "postgres://{}@127.0.0.1:{}/pgbouncer",
             self.user, self.daemon.port
@@ -108,19 +109,26 @@ logfile = {dir}/pgbouncer.log
         let messages = client.simple_query(&format!("SHOW {what}")).await.unwrap();
         messages
             .iter()
-            .find_map(|message| match message {
+            .filter_map(|message| match message {
                 SimpleQueryMessage::Row(row) if row.get("database") == Some(&self.database) => {
                     let number = |column: &&str| row.get(*column).unwrap().parse().unwrap();
                     Some(columns.iter().map(number).collect())
                 }
                 _ => None,
             })
-            .unwrap_or_else(|| vec![0; columns.len()])
+            .collect()
     }
 
     /// Queries PgBouncer has passed to the test database (`SHOW STATS`).
     async fn queries(&self) -> i64 {
-        self.show("STATS", &["total_query_count"]).await[0]
+        self.show("STATS", &["total_query_count"]).await[0][0]
+    }
+
+    /// The local ports of PgBouncer's server sessions to the test database (`SHOW SERVERS`):
+    /// PostgreSQL's `client_port` of those sessions.
+    async fn server_ports(&self) -> Vec<i32> {
+        let rows = self.show("SERVERS", &["local_port"]).await;
+        rows.iter().map(|row| row[0] as i32).collect()
     }
 
     /// Makes PgBouncer open `n` server sessions to the test database (n transactions open at
@@ -140,6 +148,7 @@ logfile = {dir}/pgbouncer.log
             .show("POOLS", &["sv_active", "sv_idle", "sv_used"])
             .await
             .iter()
+            .flatten()
             .sum();
         assert!(held >= n as i64, "PgBouncer holds {held} server sessions");
     }
@@ -279,19 +288,20 @@ async fn jobs_run_stream_and_cancel_with_every_pooled_query_through_pgbouncer() 
         "PgBouncer passed {} queries",
         queries_after - queries_before
     );
-    let direct_sessions: Vec<String> = admin
+    let through_pgbouncer = bouncer.server_ports().await;
+    let mut direct_sessions: Vec<String> = admin
         .query(
-            "select application_name from pg_stat_activity
-              where datname = current_database() and pid <> pg_backend_pid()
-                and application_name like 'jobcast%' and application_name like '%listen'
-              order by 1",
+            "select application_name, client_port from pg_stat_activity
+              where datname = current_database() and pid <> pg_backend_pid()",
             &[],
         )
         .await
         .unwrap()
         .iter()
+        .filter(|r| !through_pgbouncer.contains(&r.get::<_, i32>(1)))
         .map(|r| r.get(0))
         .collect();
+    direct_sessions.sort();
     assert_eq!(
         direct_sessions,
         ["jobcast-serve-listen", "jobcast-work-listen"]
