@@ -22,8 +22,9 @@ struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// None (saying so) when pgbouncer is not installed.
-    fn start(db: &TestDb) -> Option<PgBouncer> {
+    /// None (saying so) when pgbouncer is not installed. `settings`: more lines for its
+    /// `[pgbouncer]` section.
+    fn start(db: &TestDb, settings: &str) -> Option<PgBouncer> {
         let Some(binary) = find_tool("pgbouncer") else {
             println!("SKIPPED: pgbouncer not installed (scripts/setup-proxies)");
             return None;
@@ -68,10 +69,8 @@ max_client_conn = 500
 ; in one transaction is then missing from the next (LIFO, the default, would often hand
 ; back the same session and hide the fault until load spreads it).
 server_round_robin = 1
-; Accepted and dropped, so that without --transaction-pooler the failure shown is the
-; prepared statements' (without it PgBouncer refuses the pool's `options` at connect).
-ignore_startup_parameters = options
 logfile = {dir}/pgbouncer.log
+{settings}
 ",
                 dir = dir.0.display()
             ),
@@ -172,7 +171,9 @@ async fn cancel(server: &str, id: &str) -> u16 {
 #[tokio::test]
 async fn jobs_run_stream_and_cancel_with_every_pooled_query_through_pgbouncer() {
     let db = TestDb::new().await;
-    let Some(bouncer) = PgBouncer::start(&db) else {
+    // PgBouncer's own defaults otherwise: it refuses startup parameters it does not know,
+    // such as `options` (so the flag must not send any).
+    let Some(bouncer) = PgBouncer::start(&db, "") else {
         return;
     };
     // Several server sessions, handed out in turn: nothing may rely on meeting its own again.
@@ -311,7 +312,9 @@ async fn jobs_run_stream_and_cancel_with_every_pooled_query_through_pgbouncer() 
 #[tokio::test]
 async fn without_transaction_pooler_the_pool_fails_through_pgbouncer_and_migrate_goes_direct() {
     let db = TestDb::new().await;
-    let Some(bouncer) = PgBouncer::start(&db) else {
+    // `options` accepted and dropped, so that the failure shown is the prepared statements'
+    // (without it PgBouncer refuses the pool's connections at once).
+    let Some(bouncer) = PgBouncer::start(&db, "ignore_startup_parameters = options") else {
         return;
     };
     let pooled = bouncer.url();
@@ -347,6 +350,7 @@ async fn without_transaction_pooler_the_pool_fails_through_pgbouncer_and_migrate
             .output()
             .unwrap()
     };
+    let queries = bouncer.queries().await;
     let output = migrate(&[
         "--database-url",
         &pooled,
@@ -355,6 +359,11 @@ async fn without_transaction_pooler_the_pool_fails_through_pgbouncer_and_migrate
         &db.url,
     ]);
     assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        bouncer.queries().await,
+        queries,
+        "migrate went through PgBouncer"
+    );
     let output = migrate(&["--database-url", &pooled, "--transaction-pooler"]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
