@@ -369,3 +369,52 @@ async fn without_transaction_pooler_the_pool_fails_through_pgbouncer_and_migrate
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--listen-database-url"), "{stderr}");
 }
+
+/// Every pooled statement goes through `db::query` and its siblings, the one place that
+/// knows about `--transaction-pooler`: a call of its own would prepare a named statement
+/// behind PgBouncer's back (only `migrate`, on a session of its own, may).
+#[test]
+fn every_pooled_statement_goes_through_the_db_wrapper() {
+    fn rust_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = ["db/statements.rs", "db/migrate.rs"];
+    let calls = [
+        ".prepare(",
+        ".prepare_cached(",
+        ".prepare_typed",
+        ".query(",
+        ".query_one(",
+        ".query_opt(",
+        ".query_raw(",
+        ".execute(",
+    ];
+    let mut bypasses = Vec::new();
+    for file in files {
+        let name = file.strip_prefix(&src).unwrap().display().to_string();
+        if allowed.contains(&name.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            if calls.iter().any(|call| line.contains(call)) {
+                bypasses.push(format!("src/{name}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bypasses.is_empty(),
+        "statements sent around db::query (use db::query, query_one, query_opt or execute):\n{}",
+        bypasses.join("\n")
+    );
+}
