@@ -178,7 +178,7 @@ impl Follower {
 async fn prompt(what: &str, next: impl std::future::Future<Output = Option<Event>>) -> Event {
     tokio::time::timeout(PROMPT, next)
         .await
-        .unwrap_or_else(|_| panic!("{what}: no event within {PROMPT:?} through nginx: buffered?"))
+        .unwrap_or_else(|_| panic!("{what}: no event within {PROMPT:?}"))
         .expect("an event")
 }
 
@@ -229,12 +229,17 @@ async fn sse_through_nginx_is_unbuffered_and_resumes_on_other_pods_when_pods_are
     let mut firehose = Follower::open(&balancer, "/v1/events").await;
     let later = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
     let quiet = submit_ok(&balancer, json!({"kind": "demo.steps", "run_at": later})).await;
-    let first = prompt("the firehose", firehose.next()).await;
+    let first = prompt("the firehose through nginx (buffered?)", firehose.next()).await;
     assert_eq!(first.event, "queued");
     assert_eq!(first.data["job_id"].as_str(), Some(quiet.as_str()));
     let mut quiet_follower = Follower::open(&balancer, &format!("/v1/jobs/{quiet}/events")).await;
     assert_eq!(
-        prompt("a job's stream", quiet_follower.next()).await.event,
+        prompt(
+            "a job's stream through nginx (buffered?)",
+            quiet_follower.next()
+        )
+        .await
+        .event,
         "queued"
     );
 
@@ -398,4 +403,40 @@ async fn sse_through_nginx_is_unbuffered_and_resumes_on_other_pods_when_pods_are
     }
     seen.sort();
     assert_eq!(seen, stored);
+}
+
+/// What the balancer test first caught, without a balancer: a firehose opened on one pod
+/// while another commits a lone event gets it at once, not when some later event comes.
+#[tokio::test]
+async fn a_lone_event_reaches_a_firehose_on_another_pod_at_once() {
+    let db = TestDb::new().await;
+    let watching = Proc::serve(&db.url, &[]);
+    let submitting = Proc::serve(&db.url, &[]);
+    for pod in [&watching, &submitting] {
+        eventually("the pod ready", T, || async {
+            let status = http()
+                .get(format!("{}/readyz", pod.url()))
+                .send()
+                .await
+                .ok()?
+                .status();
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+    for _ in 0..3 {
+        // Each round: a firehose on a pod whose reader idles (nobody followed), one event.
+        let mut firehose = Sse::open(watching.url(), "/v1/events", None).await;
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+        let id = submit_ok(
+            submitting.url(),
+            json!({"kind": "demo.steps", "run_at": later}),
+        )
+        .await;
+        let first = prompt("the firehose", firehose.next(T)).await;
+        assert_eq!(first.data["job_id"].as_str(), Some(id.as_str()));
+        drop(firehose);
+        // The reader goes idle again once its last follower has left.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
 }
