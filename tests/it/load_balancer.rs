@@ -436,7 +436,7 @@ async fn a_lone_event_reaches_a_firehose_on_another_pod_at_once() {
         let first = prompt("the firehose", firehose.next(T)).await;
         assert_eq!(first.data["job_id"].as_str(), Some(id.as_str()));
         drop(firehose);
-        // The reader goes idle again once its last follower has left.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // The reader goes idle again within two polls (250 ms) of its last follower leaving.
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
 }
