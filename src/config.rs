@@ -16,6 +16,12 @@ pub struct DatabaseArgs {
     /// PgBouncer in transaction mode, LISTEN directly to the primary). Default: the same URL.
     #[arg(long, env = "JOBCAST_LISTEN_DATABASE_URL")]
     pub listen_database_url: Option<String>,
+    /// DATABASE_URL goes through a transaction-mode pooler (PgBouncer `pool_mode =
+    /// transaction`): queries use unnamed statements, not prepared ones, and no session
+    /// settings are sent at connect. Needs --listen-database-url (direct to PostgreSQL), which
+    /// then also carries migrations and the schema check (`serve`, `work`, `migrate`).
+    #[arg(long, env = "JOBCAST_TRANSACTION_POOLER", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub transaction_pooler: bool,
 }
 
 impl DatabaseArgs {
@@ -33,6 +39,7 @@ impl fmt::Debug for DatabaseArgs {
         f.debug_struct("DatabaseArgs")
             .field("database_url", &shown)
             .field("listen_database_url", &listen)
+            .field("transaction_pooler", &self.transaction_pooler)
             .finish()
     }
 }

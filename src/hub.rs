@@ -212,7 +212,19 @@ impl Hub {
             )
             .await?;
             let Some(last) = frames.last() else {
-                *position = Some(done.map_or(from, |done| done.max(from)));
+                let to = done.map_or(from, |done| done.max(from));
+                if position.is_none() {
+                    // Started afresh from "now", past any event committed since a follower
+                    // took its own "now": an empty page tells such a follower to read the
+                    // table, instead of waiting for the next event to be told.
+                    let page = FirehosePage {
+                        from: to,
+                        to,
+                        frames: Vec::new(),
+                    };
+                    let _ = self.inner.firehose_pages.send(Arc::new(page));
+                }
+                *position = Some(to);
                 return Ok(());
             };
             let to = last.cursor;

@@ -173,7 +173,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             migrate,
         } => {
             let url = required_url(&database)?;
-            ensure_schema(&url, migrate).await?;
+            ensure_schema(&session_url(&database, &url)?, migrate).await?;
             raise_open_file_limit();
             let pool = db::pool(&url, "jobcast-serve", 32)?;
             let listen = db::connection_config(database.listen_url(&url), "jobcast-serve-listen")?;
@@ -187,7 +187,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
         } => {
             let url = required_url(&database)?;
             check_queues(&work)?;
-            ensure_schema(&url, migrate).await?;
+            ensure_schema(&session_url(&database, &url)?, migrate).await?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
             let listen = db::connection_config(database.listen_url(&url), "jobcast-work-listen")?;
             let registry = Registry::new()
@@ -198,7 +198,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
         }
         Command::Migrate { database } => {
             let url = required_url(&database)?;
-            db::migrate::run(&url).await?;
+            db::migrate::run(&session_url(&database, &url)?).await?;
             println!("migrations applied");
             Ok(0)
         }
@@ -271,6 +271,22 @@ fn required_url(database: &DatabaseArgs) -> anyhow::Result<String> {
     match &database.database_url {
         Some(url) => Ok(url.clone()),
         None => bail!("DATABASE_URL is not set (or pass --database-url)"),
+    }
+}
+
+/// The URL of what needs a PostgreSQL session of its own (migrations hold an advisory lock):
+/// DATABASE_URL, or with `--transaction-pooler` (set here for the pool) the direct
+/// `--listen-database-url`, required then since neither LISTEN nor that lock survive
+/// transaction pooling.
+fn session_url(database: &DatabaseArgs, url: &str) -> anyhow::Result<String> {
+    db::set_transaction_pooler(database.transaction_pooler);
+    match (&database.listen_database_url, database.transaction_pooler) {
+        (_, false) => Ok(url.to_owned()),
+        (Some(direct), true) => Ok(direct.clone()),
+        (None, true) => bail!(
+            "--transaction-pooler needs --listen-database-url (JOBCAST_LISTEN_DATABASE_URL): \
+             a URL straight to PostgreSQL for LISTEN and migrations, which need a session"
+        ),
     }
 }
 

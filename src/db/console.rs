@@ -9,10 +9,8 @@ use crate::job::{Job, JobId};
 
 /// `jobcast.retry_job`: the job, queued again, or `None` when it was not failed/cancelled.
 pub async fn retry_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
-    let statement = client
-        .prepare_cached("select * from jobcast.retry_job($1)")
-        .await?;
-    let row = client.query_opt(&statement, &[&id.0]).await?;
+    let statement = "select * from jobcast.retry_job($1)";
+    let row = super::query_opt(client, statement, &[&id.0]).await?;
     Ok(row.as_ref().map(Job::from_row).transpose()?)
 }
 
@@ -38,10 +36,8 @@ pub async fn queue_summaries(
     client: &impl GenericClient,
     queue: Option<&str>,
 ) -> Result<Vec<QueueSummary>> {
-    let statement = client
-        .prepare_cached("select * from jobcast.queue_summaries($1)")
-        .await?;
-    let rows = client.query(&statement, &[&queue]).await?;
+    let statement = "select * from jobcast.queue_summaries($1)";
+    let rows = super::query(client, statement, &[&queue]).await?;
     rows.iter()
         .map(|row| {
             Ok(QueueSummary {
@@ -62,10 +58,8 @@ pub async fn set_queue_paused(
     queue: &str,
     paused: bool,
 ) -> Result<()> {
-    let statement = client
-        .prepare_cached("select name from jobcast.set_queue_paused($1, $2)")
-        .await?;
-    client.query(&statement, &[&queue, &paused]).await?;
+    let statement = "select name from jobcast.set_queue_paused($1, $2)";
+    super::query(client, statement, &[&queue, &paused]).await?;
     Ok(())
 }
 
@@ -86,30 +80,26 @@ pub struct Presence<'a> {
 
 /// `jobcast.announce_worker`.
 pub async fn announce_worker(client: &impl GenericClient, presence: &Presence<'_>) -> Result<()> {
-    let statement = client
-        .prepare_cached("select jobcast.announce_worker($1, $2, $3, $4, $5)")
-        .await?;
-    client
-        .query(
-            &statement,
-            &[
-                &presence.worker,
-                &presence.queues,
-                &presence.kinds,
-                &presence.concurrency,
-                &presence.running,
-            ],
-        )
-        .await?;
+    let statement = "select jobcast.announce_worker($1, $2, $3, $4, $5)";
+    super::query(
+        client,
+        statement,
+        &[
+            &presence.worker,
+            &presence.queues,
+            &presence.kinds,
+            &presence.concurrency,
+            &presence.running,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
 /// `jobcast.retire_worker`.
 pub async fn retire_worker(client: &impl GenericClient, worker: &str) -> Result<()> {
-    let statement = client
-        .prepare_cached("select jobcast.retire_worker($1)")
-        .await?;
-    client.query(&statement, &[&worker]).await?;
+    let statement = "select jobcast.retire_worker($1)";
+    super::query(client, statement, &[&worker]).await?;
     Ok(())
 }
 
@@ -136,14 +126,10 @@ pub struct WorkerSeen {
 
 /// Workers heard from in the last hour, most recent first.
 pub async fn list_workers(client: &impl GenericClient) -> Result<Vec<WorkerSeen>> {
-    let statement = client
-        .prepare_cached(
-            "select id, queues, kinds, concurrency, running, started_at, last_heartbeat,
+    let statement = "select id, queues, kinds, concurrency, running, started_at, last_heartbeat,
                     last_heartbeat > now() - interval '20 seconds' as alive
-               from jobcast.workers order by last_heartbeat desc, id",
-        )
-        .await?;
-    let rows = client.query(&statement, &[]).await?;
+               from jobcast.workers order by last_heartbeat desc, id";
+    let rows = super::query(client, statement, &[]).await?;
     rows.iter()
         .map(|row| {
             Ok(WorkerSeen {
@@ -177,10 +163,8 @@ pub struct KindWithoutWorker {
 
 /// `jobcast.kinds_without_worker`.
 pub async fn kinds_without_worker(client: &impl GenericClient) -> Result<Vec<KindWithoutWorker>> {
-    let statement = client
-        .prepare_cached("select * from jobcast.kinds_without_worker()")
-        .await?;
-    let rows = client.query(&statement, &[]).await?;
+    let statement = "select * from jobcast.kinds_without_worker()";
+    let rows = super::query(client, statement, &[]).await?;
     rows.iter()
         .map(|row| {
             let queue: String = row.try_get("queue")?;
@@ -208,20 +192,14 @@ pub async fn publish_stream_counts(
     changes: &[(i64, i32)],
 ) -> Result<()> {
     let (job_ids, streams): (Vec<i64>, Vec<i32>) = changes.iter().copied().unzip();
-    let statement = client
-        .prepare_cached("select jobcast.publish_stream_counts($1, $2, $3)")
-        .await?;
-    client
-        .query(&statement, &[&pod, &job_ids, &streams])
-        .await?;
+    let statement = "select jobcast.publish_stream_counts($1, $2, $3)";
+    super::query(client, statement, &[&pod, &job_ids, &streams]).await?;
     Ok(())
 }
 
 /// `jobcast.retire_stream_pod`.
 pub async fn retire_stream_pod(client: &impl GenericClient, pod: &str) -> Result<()> {
-    let statement = client
-        .prepare_cached("select jobcast.retire_stream_pod($1)")
-        .await?;
-    client.query(&statement, &[&pod]).await?;
+    let statement = "select jobcast.retire_stream_pod($1)";
+    super::query(client, statement, &[&pod]).await?;
     Ok(())
 }

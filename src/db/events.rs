@@ -114,20 +114,21 @@ pub async fn read_job_events(
     limit: i64,
     page_bytes: i64,
 ) -> Result<Vec<Frame>> {
-    let statement = client
-        .prepare_cached(&format!(
-            "select * from (
+    let statement = &format!(
+        "select * from (
                 select {}
                   from jobcast.events e cross join lateral (select e.data::text as text) d
                  where e.job_id = $1 and e.seq > $2
                  order by e.seq limit $3
              ) page where bytes_before < $4 order by seq",
-            frame_columns("e.seq")
-        ))
-        .await?;
-    let rows = client
-        .query(&statement, &[&job_id.0, &after_seq, &limit, &page_bytes])
-        .await?;
+        frame_columns("e.seq")
+    );
+    let rows = super::query(
+        client,
+        statement,
+        &[&job_id.0, &after_seq, &limit, &page_bytes],
+    )
+    .await?;
     rows.iter().map(Frame::from_row).collect()
 }
 
@@ -139,21 +140,17 @@ pub async fn read_events_after(
     limit: i64,
 ) -> Result<Vec<Frame>> {
     let (ids, seqs): (Vec<i64>, Vec<i32>) = after.iter().copied().unzip();
-    let statement = client
-        .prepare_cached(&format!(
-            "select * from (
+    let statement = &format!(
+        "select * from (
                 select {}
                   from unnest($1::bigint[], $2::integer[]) as u(job_id, after_seq)
                   join jobcast.events e on e.job_id = u.job_id and e.seq > u.after_seq
                   cross join lateral (select e.data::text as text) d
                  order by e.job_id, e.seq limit $3
              ) page where bytes_before < $4 order by job_id, seq",
-            frame_columns("e.job_id, e.seq")
-        ))
-        .await?;
-    let rows = client
-        .query(&statement, &[&ids, &seqs, &limit, &PAGE_BYTES])
-        .await?;
+        frame_columns("e.job_id, e.seq")
+    );
+    let rows = super::query(client, statement, &[&ids, &seqs, &limit, &PAGE_BYTES]).await?;
     rows.iter().map(Frame::from_row).collect()
 }
 
@@ -167,24 +164,22 @@ pub async fn read_firehose(
     kind: Option<&str>,
     limit: i32,
 ) -> Result<Vec<(Frame, bool, String)>> {
-    let statement = client
-        .prepare_cached(&format!(
-            "select * from (
+    let statement = &format!(
+        "select * from (
                 select {}, e.matches, coalesce(j.tenant, 'default') as tenant
                   from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e
                   left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $6 order by xid::xid8, id",
-            frame_columns("e.xid, e.id")
-        ))
-        .await?;
+        frame_columns("e.xid, e.id")
+    );
     let xid = after.xid.to_string();
-    let rows = client
-        .query(
-            &statement,
-            &[&xid, &after.id, &queue, &kind, &limit, &PAGE_BYTES],
-        )
-        .await?;
+    let rows = super::query(
+        client,
+        statement,
+        &[&xid, &after.id, &queue, &kind, &limit, &PAGE_BYTES],
+    )
+    .await?;
     rows.iter()
         .map(|row| {
             Ok((
@@ -198,10 +193,8 @@ pub async fn read_firehose(
 
 /// The firehose position of "now": every event at or after it is yet to be read.
 pub async fn firehose_now(client: &impl GenericClient) -> Result<Cursor> {
-    let statement = client
-        .prepare_cached("select jobcast.firehose_horizon()::text")
-        .await?;
-    let row = client.query_one(&statement, &[]).await?;
+    let statement = "select jobcast.firehose_horizon()::text";
+    let row = super::query_one(client, statement, &[]).await?;
     let horizon: String = row.try_get(0)?;
     Ok(Cursor::below(horizon.parse::<u64>().unwrap_or(1)))
 }
@@ -209,10 +202,8 @@ pub async fn firehose_now(client: &impl GenericClient) -> Result<Cursor> {
 /// The next transaction id this database will hand out: a cursor at or beyond it cannot
 /// come from this database's history (a dump and restore, or another database).
 pub async fn next_xid(client: &impl GenericClient) -> Result<u64> {
-    let statement = client
-        .prepare_cached("select pg_snapshot_xmax(pg_current_snapshot())::text")
-        .await?;
-    let row = client.query_one(&statement, &[]).await?;
+    let statement = "select pg_snapshot_xmax(pg_current_snapshot())::text";
+    let row = super::query_one(client, statement, &[]).await?;
     let xmax: String = row.try_get(0)?;
     Ok(xmax.parse::<u64>().unwrap_or(u64::MAX))
 }
@@ -226,22 +217,18 @@ pub async fn firehose_page(
     limit: i32,
     page_bytes: i64,
 ) -> Result<(Vec<Frame>, Option<Cursor>)> {
-    let statement = client
-        .prepare_cached(&format!(
-            "select * from (
+    let statement = &format!(
+        "select * from (
                 select {}, e.data->>'queue' as queue, e.data->>'kind' as kind,
                        coalesce(j.tenant, 'default') as tenant
                   from jobcast.firehose_page($1::text::xid8, $2, $3) e
                   left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $4 or job_id is null order by xid::xid8, id",
-            frame_columns("e.xid, e.id")
-        ))
-        .await?;
+        frame_columns("e.xid, e.id")
+    );
     let xid = after.xid.to_string();
-    let rows = client
-        .query(&statement, &[&xid, &after.id, &limit, &page_bytes])
-        .await?;
+    let rows = super::query(client, statement, &[&xid, &after.id, &limit, &page_bytes]).await?;
     let mut frames = Vec::with_capacity(rows.len());
     let mut horizon = None;
     for row in &rows {

@@ -18,10 +18,8 @@ pub async fn enqueue_jobs_as(
     tenant: &str,
 ) -> Result<Vec<Job>> {
     let payload = Value::Array(specs.iter().map(JobSpec::to_sql_json).collect());
-    let statement = client
-        .prepare_cached("select * from jobcast.enqueue_jobs($1, $2)")
-        .await?;
-    let rows = client.query(&statement, &[&payload, &tenant]).await?;
+    let statement = "select * from jobcast.enqueue_jobs($1, $2)";
+    let rows = super::query(client, statement, &[&payload, &tenant]).await?;
     Ok(rows
         .iter()
         .map(Job::from_row)
@@ -46,16 +44,14 @@ pub async fn enqueue_job(
     idempotency_key: Option<&str>,
     tenant: &str,
 ) -> Result<Enqueued> {
-    let statement = client
-        .prepare_cached("select (job).*, created from jobcast.enqueue_job($1, $2, $3, $4)")
-        .await?;
+    let statement = "select (job).*, created from jobcast.enqueue_job($1, $2, $3, $4)";
     let fingerprint = spec.fingerprint();
-    let row = client
-        .query_one(
-            &statement,
-            &[&spec.to_sql_json(), &idempotency_key, &fingerprint, &tenant],
-        )
-        .await?;
+    let row = super::query_one(
+        client,
+        statement,
+        &[&spec.to_sql_json(), &idempotency_key, &fingerprint, &tenant],
+    )
+    .await?;
     Ok(Enqueued {
         job: Job::from_row(&row)?,
         created: row.try_get("created")?,
@@ -75,14 +71,12 @@ macro_rules! job_columns {
 
 /// One job by id, if `tenant` owns it (for any other tenant it does not exist).
 pub async fn get_job(client: &impl GenericClient, id: JobId, tenant: &str) -> Result<Option<Job>> {
-    let statement = client
-        .prepare_cached(concat!(
-            "select ",
-            job_columns!(),
-            " from jobcast.jobs j where id = $1 and tenant = $2"
-        ))
-        .await?;
-    let row = client.query_opt(&statement, &[&id.0, &tenant]).await?;
+    let statement = concat!(
+        "select ",
+        job_columns!(),
+        " from jobcast.jobs j where id = $1 and tenant = $2"
+    );
+    let row = super::query_opt(client, statement, &[&id.0, &tenant]).await?;
     Ok(row.as_ref().map(Job::from_row).transpose()?)
 }
 
@@ -92,10 +86,8 @@ pub async fn owned_job_ids(
     ids: &[i64],
     tenant: &str,
 ) -> Result<Vec<i64>> {
-    let statement = client
-        .prepare_cached("select id from jobcast.jobs where id = any($1) and tenant = $2")
-        .await?;
-    let rows = client.query(&statement, &[&ids, &tenant]).await?;
+    let statement = "select id from jobcast.jobs where id = any($1) and tenant = $2";
+    let rows = super::query(client, statement, &[&ids, &tenant]).await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
@@ -118,11 +110,10 @@ pub struct JobFilter {
 
 /// Jobs newest first, by keyset pagination on the id.
 pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Result<Vec<Job>> {
-    let statement = client
-        .prepare_cached(concat!(
-            "select ",
-            job_columns!(),
-            " from jobcast.jobs j
+    let statement = concat!(
+        "select ",
+        job_columns!(),
+        " from jobcast.jobs j
               where ($1::text is null or queue = $1)
                 and ($2::text is null or kind = $2)
                 and ($3::text is null or status = $3::text::jobcast.job_status)
@@ -130,22 +121,21 @@ pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Resul
                 and tenant = $6
               order by id desc
               limit $5"
-        ))
-        .await?;
+    );
     let status = filter.status.map(Status::as_str);
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &filter.queue,
-                &filter.kind,
-                &status,
-                &filter.before.map(|id| id.0),
-                &filter.limit,
-                &filter.tenant,
-            ],
-        )
-        .await?;
+    let rows = super::query(
+        client,
+        statement,
+        &[
+            &filter.queue,
+            &filter.kind,
+            &status,
+            &filter.before.map(|id| id.0),
+            &filter.limit,
+            &filter.tenant,
+        ],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(Job::from_row)
@@ -154,10 +144,8 @@ pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Resul
 
 /// `jobcast.cancel_job`: the cancelled job, or `None` when unknown or already terminal.
 pub async fn cancel_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
-    let statement = client
-        .prepare_cached("select * from jobcast.cancel_job($1)")
-        .await?;
-    let row = client.query_opt(&statement, &[&id.0]).await?;
+    let statement = "select * from jobcast.cancel_job($1)";
+    let row = super::query_opt(client, statement, &[&id.0]).await?;
     Ok(row.as_ref().map(Job::from_row).transpose()?)
 }
 
@@ -170,12 +158,13 @@ pub async fn claim_jobs(
     limit: i32,
     lease_secs: f64,
 ) -> Result<Vec<Job>> {
-    let statement = client
-        .prepare_cached("select * from jobcast.claim_jobs($1, $2, $3, $4, $5)")
-        .await?;
-    let rows = client
-        .query(&statement, &[&queues, &kinds, &worker, &limit, &lease_secs])
-        .await?;
+    let statement = "select * from jobcast.claim_jobs($1, $2, $3, $4, $5)";
+    let rows = super::query(
+        client,
+        statement,
+        &[&queues, &kinds, &worker, &limit, &lease_secs],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(Job::from_row)
@@ -189,10 +178,8 @@ pub async fn next_due_in(
     queues: &[String],
     kinds: Option<&[String]>,
 ) -> Result<Option<f64>> {
-    let statement = client
-        .prepare_cached("select jobcast.next_due_in($1, $2)")
-        .await?;
-    let row = client.query_one(&statement, &[&queues, &kinds]).await?;
+    let statement = "select jobcast.next_due_in($1, $2)";
+    let row = super::query_one(client, statement, &[&queues, &kinds]).await?;
     Ok(row.try_get(0)?)
 }
 
@@ -202,10 +189,8 @@ pub async fn record_events(
     worker: &str,
     events: &Value,
 ) -> Result<Vec<(i32, i32)>> {
-    let statement = client
-        .prepare_cached("select idx, seq from jobcast.record_events($1, $2)")
-        .await?;
-    let rows = client.query(&statement, &[&worker, events]).await?;
+    let statement = "select idx, seq from jobcast.record_events($1, $2)";
+    let rows = super::query(client, statement, &[&worker, events]).await?;
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect()
@@ -217,10 +202,8 @@ pub async fn complete_jobs(
     worker: &str,
     results: &Value,
 ) -> Result<Vec<i64>> {
-    let statement = client
-        .prepare_cached("select job_id from jobcast.complete_jobs($1, $2)")
-        .await?;
-    let rows = client.query(&statement, &[&worker, results]).await?;
+    let statement = "select job_id from jobcast.complete_jobs($1, $2)";
+    let rows = super::query(client, statement, &[&worker, results]).await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
@@ -245,22 +228,20 @@ pub async fn fail_job(
     worker: &str,
     failure: &Failure,
 ) -> Result<bool> {
-    let statement = client
-        .prepare_cached("select id from jobcast.fail_job($1, $2, $3, $4, $5, $6)")
-        .await?;
-    let row = client
-        .query_opt(
-            &statement,
-            &[
-                &failure.job_id.0,
-                &failure.attempt,
-                &worker,
-                &failure.error,
-                &failure.retryable,
-                &failure.retry_delay_ms,
-            ],
-        )
-        .await?;
+    let statement = "select id from jobcast.fail_job($1, $2, $3, $4, $5, $6)";
+    let row = super::query_opt(
+        client,
+        statement,
+        &[
+            &failure.job_id.0,
+            &failure.attempt,
+            &worker,
+            &failure.error,
+            &failure.retryable,
+            &failure.retry_delay_ms,
+        ],
+    )
+    .await?;
     Ok(row.is_some())
 }
 
@@ -271,9 +252,7 @@ pub async fn fail_jobs(
     worker: &str,
     failures: &[&Failure],
 ) -> Result<Vec<i64>> {
-    let statement = client
-        .prepare_cached("select job_id from jobcast.fail_jobs($1, $2)")
-        .await?;
+    let statement = "select job_id from jobcast.fail_jobs($1, $2)";
     let input: Vec<serde_json::Value> = failures
         .iter()
         .map(|f| {
@@ -283,9 +262,12 @@ pub async fn fail_jobs(
             })
         })
         .collect();
-    let rows = client
-        .query(&statement, &[&worker, &serde_json::Value::Array(input)])
-        .await?;
+    let rows = super::query(
+        client,
+        statement,
+        &[&worker, &serde_json::Value::Array(input)],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|r| r.try_get(0))
@@ -300,12 +282,8 @@ pub async fn heartbeat_jobs(
     lease_secs: f64,
 ) -> Result<Vec<i64>> {
     let (ids, attempts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
-    let statement = client
-        .prepare_cached("select job_id from jobcast.heartbeat_jobs($1, $2, $3, $4)")
-        .await?;
-    let rows = client
-        .query(&statement, &[&worker, &ids, &attempts, &lease_secs])
-        .await?;
+    let statement = "select job_id from jobcast.heartbeat_jobs($1, $2, $3, $4)";
+    let rows = super::query(client, statement, &[&worker, &ids, &attempts, &lease_secs]).await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
@@ -316,12 +294,8 @@ pub async fn release_jobs(
     held: &[(i64, i32)],
 ) -> Result<Vec<i64>> {
     let (ids, attempts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
-    let statement = client
-        .prepare_cached("select job_id from jobcast.release_jobs($1, $2, $3)")
-        .await?;
-    let rows = client
-        .query(&statement, &[&worker, &ids, &attempts])
-        .await?;
+    let statement = "select job_id from jobcast.release_jobs($1, $2, $3)";
+    let rows = super::query(client, statement, &[&worker, &ids, &attempts]).await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
@@ -331,12 +305,8 @@ pub async fn reclaim_expired_leases(
     retry_base_ms: i64,
     limit: i32,
 ) -> Result<i32> {
-    let statement = client
-        .prepare_cached("select jobcast.reclaim_expired_leases($1, $2)")
-        .await?;
-    let row = client
-        .query_one(&statement, &[&retry_base_ms, &limit])
-        .await?;
+    let statement = "select jobcast.reclaim_expired_leases($1, $2)";
+    let row = super::query_one(client, statement, &[&retry_base_ms, &limit]).await?;
     Ok(row.try_get(0)?)
 }
 
@@ -346,12 +316,9 @@ pub async fn prune_finished_jobs(
     days: f64,
     limit: i32,
 ) -> Result<i32> {
-    let statement = client
-        .prepare_cached(
-            "select jobcast.prune_finished_jobs(make_interval(secs => $1::float8 * 86400), $2)",
-        )
-        .await?;
-    let row = client.query_one(&statement, &[&days, &limit]).await?;
+    let statement =
+        "select jobcast.prune_finished_jobs(make_interval(secs => $1::float8 * 86400), $2)";
+    let row = super::query_one(client, statement, &[&days, &limit]).await?;
     Ok(row.try_get(0)?)
 }
 

@@ -1,6 +1,7 @@
 //! The database boundary: the pool, migrations, and one Rust function for each function in
 //! `sql/jobcast.sql` (same name). SQL is never built from strings; every statement is
-//! a parameterized, cached prepared statement.
+//! parameterized, sent through [`query`] and its siblings (cached prepared statements unless
+//! behind a transaction-mode pooler).
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -14,9 +15,12 @@ pub mod events;
 pub mod jobs;
 pub mod migrate;
 pub mod schema;
+mod statements;
 pub mod tls;
 
-pub use deadpool_postgres::GenericClient;
+pub use statements::{
+    execute, query, query_one, query_opt, set_transaction_pooler, transaction_pooler, GenericClient,
+};
 
 /// Errors talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -222,9 +226,13 @@ pub fn connection_config(url: &str, application: &str) -> Result<ConnectionConfi
 /// time so a request fails with 503 rather than hanging while the database is away.
 pub fn pool(url: &str, application: &str, size: usize) -> Result<Pool> {
     let mut config = connection_config(url, application)?;
-    config
-        .postgres
-        .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    // A transaction-mode pooler refuses (PgBouncer: "unsupported startup parameter") or
+    // drops session settings; there the timeout is the role's or the pooler's (docs/deploy.md).
+    if !transaction_pooler() {
+        config
+            .postgres
+            .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    }
     let manager = Manager::from_config(
         config.postgres,
         config.tls,
@@ -232,7 +240,11 @@ pub fn pool(url: &str, application: &str, size: usize) -> Result<Pool> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    let mut builder = Pool::builder(manager);
+    if transaction_pooler() {
+        builder = builder.post_create(statements::learn_types());
+    }
+    builder
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(5)))

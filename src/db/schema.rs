@@ -32,10 +32,11 @@ impl SchemaState {
     }
 }
 
-/// Reads the applied schema version (a pooled client coerces to this type).
+/// Reads the applied schema version (a pooled client coerces to this type). Unnamed
+/// statements (`query_typed`): a transaction-mode pooler may run each on another session.
 pub async fn state(client: &tokio_postgres::Client) -> Result<SchemaState> {
     let exists: bool = client
-        .query_one(
+        .query_typed_one(
             "select to_regclass('jobcast_schema_history') is not null",
             &[],
         )
@@ -43,7 +44,7 @@ pub async fn state(client: &tokio_postgres::Client) -> Result<SchemaState> {
         .get(0);
     let found = if exists {
         client
-            .query_one(
+            .query_typed_one(
                 "select coalesce(max(version), 0)::int8 from jobcast_schema_history",
                 &[],
             )

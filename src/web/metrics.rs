@@ -18,12 +18,12 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
     let mut text = String::from_utf8(text).map_err(|e| ApiError::Internal(e.to_string()))?;
     let client = state.pool.get().await?;
 
-    let rows = client
-        .query(
-            // Queued and running jobs are counted through their partial indexes; finished
-            // ones are kept counted as they finish and are pruned (jobcast.count_finished),
-            // never by reading the retained history.
-            "select queue, status, sum(n)::bigint from (
+    let rows = crate::db::query(
+        &client,
+        // Queued and running jobs are counted through their partial indexes; finished
+        // ones are kept counted as they finish and are pruned (jobcast.count_finished),
+        // never by reading the retained history.
+        "select queue, status, sum(n)::bigint from (
                  select queue, status::text, count(*) as n from jobcast.jobs
                   where status = 'queued' group by 1, 2
                  union all
@@ -33,10 +33,10 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
                  select queue, status::text, sum(value) from jobcast.finished_counts
                   group by 1, 2
              ) c group by 1, 2 having sum(n) <> 0 order by 1, 2",
-            &[],
-        )
-        .await
-        .map_err(crate::db::Error::from)?;
+        &[],
+    )
+    .await
+    .map_err(crate::db::Error::from)?;
     let counts: Vec<(String, String, i64)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -58,14 +58,14 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
         }
     }
 
-    let rows = client
-        .query(
-            "select queue, extract(epoch from now() - min(run_at))::float8 from jobcast.jobs
+    let rows = crate::db::query(
+        &client,
+        "select queue, extract(epoch from now() - min(run_at))::float8 from jobcast.jobs
               where status = 'queued' and run_at <= now() group by 1 order by 1",
-            &[],
-        )
-        .await
-        .map_err(crate::db::Error::from)?;
+        &[],
+    )
+    .await
+    .map_err(crate::db::Error::from)?;
     text.push_str(
         "# HELP jobcast_oldest_queued_seconds Age of the oldest job that is due and not yet started\n\
          # TYPE jobcast_oldest_queued_seconds gauge\n",
@@ -82,13 +82,13 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
         );
     }
 
-    let rows = client
-        .query(
-            "select name, sum(value)::bigint from jobcast.counters group by name order by name",
-            &[],
-        )
-        .await
-        .map_err(crate::db::Error::from)?;
+    let rows = crate::db::query(
+        &client,
+        "select name, sum(value)::bigint from jobcast.counters group by name order by name",
+        &[],
+    )
+    .await
+    .map_err(crate::db::Error::from)?;
     for row in rows {
         let (name, value): (String, i64) = (row.get(0), row.get(1));
         let help = match name.as_str() {

@@ -256,18 +256,14 @@ pub async fn write_ops(
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
     // Taken first: a retry whose earlier try is still committing waits here, then finds it.
-    let claim = transaction
-        .prepare_cached(
-            "insert into jobcast.worker_writes (id) values ($1) on conflict (id) do nothing",
+    let claim = "insert into jobcast.worker_writes (id) values ($1) on conflict (id) do nothing";
+    if db::execute(&transaction, claim, &[&batch_id]).await? == 0 {
+        let row = db::query_one(
+            &transaction,
+            "select accepted from jobcast.worker_writes where id = $1",
+            &[&batch_id],
         )
         .await?;
-    if transaction.execute(&claim, &[&batch_id]).await? == 0 {
-        let row = transaction
-            .query_one(
-                "select accepted from jobcast.worker_writes where id = $1",
-                &[&batch_id],
-            )
-            .await?;
         let accepted: Option<Vec<bool>> = row.try_get(0)?;
         transaction.rollback().await?;
         tracing::info!(batch_id, "a retried write had already committed");
@@ -356,12 +352,8 @@ pub async fn write_ops(
             accepted[position] = released.contains(&job_id);
         }
     }
-    let record = transaction
-        .prepare_cached("update jobcast.worker_writes set accepted = $2 where id = $1")
-        .await?;
-    transaction
-        .execute(&record, &[&batch_id, &accepted])
-        .await?;
+    let record = "update jobcast.worker_writes set accepted = $2 where id = $1";
+    db::execute(&transaction, record, &[&batch_id, &accepted]).await?;
     transaction.commit().await?;
     Ok(accepted)
 }
