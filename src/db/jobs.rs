@@ -328,11 +328,7 @@ pub async fn prune_worker_writes(
     older: std::time::Duration,
     limit: i32,
 ) -> Result<i32> {
-    let statement = client
-        .prepare_cached("select jobcast.prune_worker_writes(make_interval(secs => $1::float8), $2)")
-        .await?;
-    let row = client
-        .query_one(&statement, &[&older.as_secs_f64(), &limit])
-        .await?;
+    let statement = "select jobcast.prune_worker_writes(make_interval(secs => $1::float8), $2)";
+    let row = super::query_one(client, statement, &[&older.as_secs_f64(), &limit]).await?;
     Ok(row.try_get(0)?)
 }
