@@ -8,6 +8,7 @@ mod auth;
 mod cancel;
 mod chaos;
 mod cli;
+mod clock_skew;
 mod console;
 mod dev;
 mod docs;
