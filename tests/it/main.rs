@@ -16,6 +16,7 @@ mod exec;
 mod firehose;
 mod hardening;
 mod health;
+mod hub_cursor;
 mod idempotency;
 mod listen_url;
 mod operations;
