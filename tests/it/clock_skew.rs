@@ -156,7 +156,7 @@ async fn delayed_job_starts_on_time_with_the_clock(offset_secs: i64) {
     // runs the job in a few transactions; one that spins commits hundreds a second.
     let per_sec = (after - before) as f64 / waited;
     assert!(
-        per_sec < 15.0,
+        per_sec < 30.0,
         "a worker {offset_secs:+} s off committed {} transactions in {waited:.1} s waiting \
          for two delayed jobs ({per_sec:.0}/s): it spins",
         after - before
