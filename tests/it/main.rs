@@ -18,6 +18,7 @@ mod hardening;
 mod health;
 mod hub_cursor;
 mod idempotency;
+mod keep_alive;
 mod listen_url;
 mod operations;
 mod postgres_restart;
