@@ -29,7 +29,7 @@ async fn a_finished_jobs_stream_on_a_reused_connection_ends_at_once() {
         .build()
         .unwrap();
     let mut took = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..16 {
         let started = Instant::now();
         let response = client
             .get(format!("{s}/v1/jobs/{id}/events"))
@@ -45,13 +45,14 @@ async fn a_finished_jobs_stream_on_a_reused_connection_ends_at_once() {
         took.push(started.elapsed());
         assert!(body.contains("event: cancelled"), "{body}");
     }
-    // The first one opened the connection; the median of the others.
-    let mut reused = took[1..].to_vec();
-    reused.sort();
-    let median = reused[reused.len() / 2];
+    // The first one opened the connection. The stall is a floor (the delayed-ACK timer,
+    // 40 ms on Linux) under every replay on the reused connection; a busy machine only adds
+    // noise, so the fastest of the others shows it.
+    let fastest = *took[1..].iter().min().unwrap();
     assert!(
-        median < Duration::from_millis(25),
-        "a replay of two events on a reused connection takes {median:?} (each: {took:?})"
+        fastest < Duration::from_millis(30),
+        "a replay of two events on a reused connection takes at least {fastest:?} (each: \
+         {took:?})"
     );
-    eprintln!("replays on one connection: median {median:?} (each: {took:?})");
+    eprintln!("replays on one connection: fastest {fastest:?} (each: {took:?})");
 }
