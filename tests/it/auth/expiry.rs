@@ -19,23 +19,23 @@ async fn a_token_that_expires_mid_stream_does_not_cut_it_and_a_reconnect_gets_40
     let serve = keyed_serve(&db, &keys, SECRET, &[]);
     let _work = Proc::work(&db.url, &[]);
     let s = serve.url().to_owned();
-    // About 6 s of progress, one event every 750 ms.
+    // About 7 s of progress, one event every 900 ms.
     let job = call(
         "POST",
         &format!("{s}/v1/jobs"),
         Some(ACME_KEY),
-        Some(json!({"kind": "demo.steps", "args": {"steps": 8, "step_ms": 750}})),
+        Some(json!({"kind": "demo.steps", "args": {"steps": 8, "step_ms": 900}})),
     )
     .await;
     assert_eq!(job.status, 202, "{}", job.body);
     let id = job.body["id"].as_str().unwrap().to_owned();
 
-    // A token that the server accepts for about 3 s more: its exp is 27 s ago, within the
+    // A token that the server accepts for about 4 s more: its exp is 26 s ago, within the
     // leeway. (A token minted with `exp` a few seconds ahead would take the whole leeway to
     // expire: the same thing, 30 s slower.)
     let token = mint(
         &json!({"alg": "HS256", "typ": "JWT"}),
-        &json!({"tenant": "acme", "jobs": [id], "exp": now() - LEEWAY_SECS + 3}),
+        &json!({"tenant": "acme", "jobs": [id], "exp": now() - LEEWAY_SECS + 4}),
         SECRET,
     );
     let path = format!("/v1/jobs/{id}/events?token={token}");
