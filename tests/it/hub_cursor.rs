@@ -1,5 +1,5 @@
 //! Issue 14, item 2: a subscriber's table read must never move the hub's cursor past what
-//! the hub itself broadcast. Streams wait on a queued job (resumed from its only event) while
+//! the hub itself broadcast, and a fetch cut short must leave no job of its batch behind. Streams wait on a queued job (resumed from its only event) while
 //! others open around the moment it is cancelled; the old hub let one of the late openers,
 //! having read `cancelled` from the table, mark it seen before the hub broadcast it, so the
 //! hub dropped it and the streams already waiting never ended (at 3479aa9 this test fails in
@@ -11,6 +11,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::common::*;
+
+const T: Duration = Duration::from_secs(20);
 
 /// Jobs, each cancelled while streams open around it.
 const ROUNDS: usize = 30;
@@ -80,5 +82,105 @@ async fn streams_waiting_on_a_job_all_get_its_cancel_while_others_open_around_it
             "round {round}, job {id}: {waiting} of {FOLLOWERS} streams still wait for the \
              cancel 5 s after it committed (the hub skipped it)"
         );
+    }
+}
+
+/// Followers of `b` that resumed after its only event (so the hub has broadcast nothing
+/// for `b` yet), while one transaction writes 4 MB of events for `a` (a lower id, so read
+/// first) and cancels `b`: the hub's fetch of that commit is cut by its byte budget before
+/// `b`'s row, and `b` must be read on. The old hub re-queued only the jobs it had already
+/// broadcast something for: `b`'s followers waited forever (at 3479aa9: 3 runs of 3; with a
+/// burst small enough for one fetch it passes there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cut_short_by_a_big_burst_still_delivers_the_other_jobs_event() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let s = serve.url().to_owned();
+    let spec = json!({"kind": "demo.echo", "queue": "hub-burst"});
+    let a = submit_ok(&s, spec.clone()).await;
+    let b = submit_ok(&s, spec).await;
+    // `a` is claimed by this test as a worker would claim it (no worker runs this queue).
+    let client = db.client().await;
+    let claimed: i64 = client
+        .query_one(
+            "select id from jobcast.claim_jobs(array['hub-burst'], array['demo.echo'],
+                                              'hub-burst-worker', 1, 300)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed.to_string(), a);
+
+    let mut follow_a = Sse::open(&s, &format!("/v1/jobs/{a}/events"), None).await;
+    assert_eq!(follow_a.status, 200);
+    let head = [follow_a.next(T).await, follow_a.next(T).await];
+    assert_eq!(
+        head.iter()
+            .map(|e| e.as_ref().unwrap().event.as_str())
+            .collect::<Vec<_>>(),
+        ["queued", "started"]
+    );
+    let mut followers = Vec::new();
+    for _ in 0..5 {
+        let mut sse = Sse::open(&s, &format!("/v1/jobs/{b}/events"), Some("1")).await;
+        assert_eq!(sse.status, 200);
+        followers.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(5), async move {
+                let mut events = Vec::new();
+                while let Some(event) = sse.next(T).await {
+                    events.push(event);
+                }
+                events
+            })
+            .await
+            .ok()
+        }));
+    }
+    // Their first table reads (empty) are done before the burst commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let filler = "x".repeat(100_000);
+    let events: Vec<serde_json::Value> = (1..=40)
+        .map(|i| {
+            json!({"job_id": claimed, "attempt": 1, "type": "progress",
+                   "progress": f64::from(i) * 2.5, "message": format!("step {i}/40"),
+                   "data": {"filler": filler}})
+        })
+        .collect();
+    let mut client = client;
+    let tx = client.transaction().await.unwrap();
+    let written = tx
+        .query(
+            "select seq from jobcast.record_events('hub-burst-worker', $1::text::jsonb)",
+            &[&serde_json::Value::from(events).to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 40, "the burst is recorded");
+    let id_b: i64 = b.parse().unwrap();
+    let cancelled = tx
+        .query("select id from jobcast.cancel_job($1)", &[&id_b])
+        .await
+        .unwrap();
+    assert_eq!(cancelled.len(), 1);
+    tx.commit().await.unwrap();
+
+    for follower in followers {
+        let events = follower.await.unwrap().unwrap_or_else(|| {
+            panic!(
+                "a follower of job {b} from Last-Event-ID 1 still waits for its cancel 5 s \
+                 after it committed (the hub's cut-short fetch left it behind)"
+            )
+        });
+        assert_eq!(types(&events), ["cancelled"], "job {b}");
+        assert_contiguous(&events, 2);
+    }
+    for seq in 3..=42 {
+        let event = follow_a
+            .next(T)
+            .await
+            .expect("the burst reaches a's follower");
+        assert_eq!(event.seq(), seq);
     }
 }
