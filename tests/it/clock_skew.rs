@@ -161,7 +161,7 @@ async fn delayed_job_starts_on_time_with_the_clock(offset_secs: i64) {
     assert!(
         per_sec < 30.0,
         "a worker {offset_secs:+} s off committed {} transactions in {waited:.1} s waiting \
-         for two delayed jobs ({per_sec:.0}/s): it spins",
+         for three delayed jobs ({per_sec:.0}/s): it spins",
         after - before
     );
     eprintln!(
