@@ -111,6 +111,9 @@ pub fn build(
     // A client that closes its side is gone (EventSource never half-closes): end its stream
     // now, not at the next keep-alive write.
     .h1_allow_half_closed(false)
+    // Events are small writes: send each at once, not when the client's delayed ACK (~40 ms)
+    // lets Nagle's algorithm release it.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(5)
     .run();

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
+mod expiry;
 mod keys;
 mod limits;
 mod tokens;
