@@ -71,6 +71,9 @@ language sql as $$
 $$;
 
 -- Counts jobs that reached (or, pruned or retried, left) a terminal status, per queue.
+-- Two backends share a shard when their pids agree mod 16, so a statement that counts
+-- several rows takes them in one global order, (status, queue), as every caller does:
+-- otherwise a group commit and a prune could each hold the row the other waits for.
 create or replace function jobcast.count_finished(
     p_queue text, p_status jobcast.job_status, p_delta bigint
 ) returns void
@@ -346,7 +349,8 @@ begin
                                   'succeeded', jsonb_build_object('result', d.result))
           from done d
     ), counted as (
-        select jobcast.count_finished(queue, 'succeeded', count(*)) from done group by queue
+        select jobcast.count_finished(g.queue, 'succeeded', g.n)
+          from (select queue, count(*) as n from done group by queue order by queue) g
     )
     select d.id from done d cross join (select count(*) as n from counted) c;
 end
@@ -440,8 +444,9 @@ begin
         select pg_notify('jobcast_jobs', q)
           from (select distinct queue as q from failed where status = 'queued') d
     ), counted as (
-        select jobcast.count_finished(queue, 'failed', count(*))
-          from failed where status = 'failed' group by queue
+        select jobcast.count_finished(g.queue, 'failed', g.n)
+          from (select queue, count(*) as n from failed where status = 'failed'
+                 group by queue order by queue) g
     )
     select array_agg(f.id), count(*) filter (where f.status = 'queued')
       into ids, retried
@@ -606,7 +611,9 @@ language sql as $$
         delete from jobcast.jobs j using doomed where j.id = doomed.id
         returning j.id, j.queue, j.status
     ), counted as (
-        select jobcast.count_finished(queue, status, -count(*)) from deleted group by queue, status
+        select jobcast.count_finished(g.queue, g.status, -g.n)
+          from (select queue, status, count(*) as n from deleted
+                 group by queue, status order by status, queue) g
     )
     select count(*)::integer from deleted cross join (select count(*) as n from counted) c
 $$;
