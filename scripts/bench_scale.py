@@ -397,7 +397,7 @@ def events_mark(url):
     return int(psql(url, "select last_value from jobcast.events_id_seq"))
 
 
-def grid_run(args, template, logdir, listen_script, pods, workers):
+def grid_run(args, template, logdir, listen_script, pods, workers, followers_per_pod):
     name = "jobcast_scale_run"
     psql(SERVER_URL, f"drop database if exists {name} with (force)")
     psql(SERVER_URL, f"create database {name} template {template}")
@@ -414,7 +414,7 @@ def grid_run(args, template, logdir, listen_script, pods, workers):
         serve = [p for p, _ in started]
         addrs = [pod_address(p, out) for p, out in started]
         for addr in addrs:
-            for _ in range(args.followers_per_pod):
+            for _ in range(followers_per_pod):
                 followers.open(addr)
         followers.start()
         counter = NotifyCounter(url, listen_script)
@@ -460,7 +460,7 @@ def grid_run(args, template, logdir, listen_script, pods, workers):
             counter.stop()
         followers.stop()
         psql(SERVER_URL, f"drop database if exists {name} with (force)")
-    n_followers = pods * args.followers_per_pod
+    n_followers = pods * followers_per_pod
     committed_s = committed / seconds
     delivered_s = (frames1 - frames0) / seconds
     notify_s = (notes1 - notes0) / seconds
@@ -480,6 +480,8 @@ def grid_run(args, template, logdir, listen_script, pods, workers):
         "events_per_notify": committed_s / notify_s if notify_s else None,
         "cpu_postgres": cpu["postgres"], "cpu_serve": cpu["serve"], "cpu_work": cpu["work"],
         "cpu_client": cpu["client"], "cpu_machine": cpu["machine"],
+        "cpu_others": max(0.0, cpu["machine"] - cpu["postgres"] - cpu["serve"] - cpu["work"]
+                          - cpu["client"]),
         "machine_busy_pct": cpu["machine_pct"],
         "backlog_left": left, "seconds": round(seconds, 1),
     }
@@ -490,7 +492,7 @@ def grid_run(args, template, logdir, listen_script, pods, workers):
         f"{fmt(p50)}/{fmt(p99)} ms, {row['jobs_per_s']:,.0f} jobs/s, {notify_s:,.0f} NOTIFY/s, "
         f"LISTEN {row['listen_serve']}+{row['listen_work']}, CPU pg {cpu['postgres']:.2f} "
         f"serve {cpu['serve']:.2f} work {cpu['work']:.2f} client {cpu['client']:.2f} "
-        f"(machine {cpu['machine_pct']:.0f} % busy)")
+        f"others {row['cpu_others']:.2f} (machine {cpu['machine_pct']:.0f} % busy)")
     return row
 
 
@@ -511,18 +513,26 @@ def settings(url):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("parts", nargs="*", default=["notify", "grid"], choices=["notify", "grid"])
+    parser.add_argument("parts", nargs="*", metavar="notify|grid",
+                        help="what to run (default: both)")
     parser.add_argument("--pods", default="1,4,16", help="serve pods per run (default 1,4,16)")
     parser.add_argument("--workers", default="1,4,16", help="work processes (default 1,4,16)")
     parser.add_argument("--listeners", default="0,1,16,64",
                         help="LISTEN sessions for the NOTIFY part (default 0,1,16,64)")
     parser.add_argument("--concurrency", type=int, default=16, help="per work process")
     parser.add_argument("--followers-per-pod", type=int, default=1)
+    parser.add_argument("--bare-workers", type=int, default=4,
+                        help="workers of the extra runs whose pods have no follower "
+                             "(NOTIFY's cost alone; 0 skips them)")
     parser.add_argument("--jobs", type=int, default=30000, help="backlog per run (x 22 events)")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured per run")
     parser.add_argument("--notify-secs", type=int, default=8)
     args = parser.parse_args()
+    args.parts = args.parts or ["notify", "grid"]
+    for part in args.parts:
+        if part not in ("notify", "grid"):
+            parser.error(f"unknown part {part!r} (notify or grid)")
     args.pods = [int(v) for v in args.pods.split(",")]
     args.workers = [int(v) for v in args.workers.split(",")]
     args.listeners = [int(v) for v in args.listeners.split(",")]
@@ -550,10 +560,12 @@ def main():
             log(f"jobcast (demo.steps x {STEPS} steps, work --concurrency {args.concurrency}, "
                 f"{args.followers_per_pod} firehose follower(s) per pod, {args.window:.0f} s windows):")
             try:
-                for pods in args.pods:
-                    for workers in args.workers:
-                        grid_rows.append(grid_run(args, template, logdir, listen_script,
-                                                  pods, workers))
+                runs = [(p, w, args.followers_per_pod) for p in args.pods for w in args.workers]
+                if args.bare_workers:
+                    runs += [(p, args.bare_workers, 0) for p in args.pods]
+                for pods, workers, followers in runs:
+                    grid_rows.append(grid_run(args, template, logdir, listen_script,
+                                              pods, workers, followers))
             finally:
                 psql(SERVER_URL, f"drop database if exists {template} with (force)")
     print(f"\nbench-scale, {info['date']}, {version}, {info['cores']} cores, "
@@ -580,18 +592,19 @@ def main():
                   f"{r['cpu_listeners']:.2f} |")
         print()
     if grid_rows:
-        print("| pods | workers | LISTEN conns (serve+work) | events committed/s | jobs/s | "
+        print("| pods | workers | followers | LISTEN conns (serve+work) | events committed/s | jobs/s | "
               "delivered/s (% of committed x followers) | delivery p50 / p99 ms | NOTIFY/s | "
-              "events per NOTIFY | CPU-s/s PostgreSQL / serve / work / client | machine busy |")
-        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+              "events per NOTIFY | CPU-s/s PostgreSQL / serve / work / client / others | machine busy |")
+        print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
         for r in grid_rows:
-            print(f"| {r['pods']} | {r['workers']} | {r['listen_serve']}+{r['listen_work']} | "
+            print(f"| {r['pods']} | {r['workers']} | {r['followers']} | "
+                  f"{r['listen_serve']}+{r['listen_work']} | "
                   f"{r['events_committed_per_s']:,.0f} | {r['jobs_per_s']:,.0f} | "
                   f"{r['delivered_per_s']:,.0f} ({fmt(r['delivered_pct'], 0)} %) | "
                   f"{fmt(r['latency_p50_ms'])} / {fmt(r['latency_p99_ms'])} | "
                   f"{r['notify_per_s']:,.0f} | {fmt(r['events_per_notify'])} | "
                   f"{r['cpu_postgres']:.2f} / {r['cpu_serve']:.2f} / {r['cpu_work']:.2f} / "
-                  f"{r['cpu_client']:.2f} | {r['machine_busy_pct']:.0f} % |")
+                  f"{r['cpu_client']:.2f} / {r['cpu_others']:.2f} | {r['machine_busy_pct']:.0f} % |")
         print()
     for r in durable + notify_rows + grid_rows:
         print(json.dumps(r))
