@@ -21,6 +21,7 @@ mod operations;
 mod postgres_restart;
 mod races;
 mod retries;
+mod scaling;
 mod schema;
 mod shutdown;
 mod slow_clients;
