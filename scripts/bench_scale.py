@@ -535,9 +535,19 @@ def main():
     for part in args.parts:
         if part not in ("notify", "grid"):
             parser.error(f"unknown part {part!r} (notify or grid)")
-    args.pods = [int(v) for v in args.pods.split(",")]
-    args.workers = [int(v) for v in args.workers.split(",")]
-    args.listeners = [int(v) for v in args.listeners.split(",")]
+    def counts(option, text, least):
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < least:
+            parser.error(f"{option} takes comma-separated integers of at least {least}, "
+                         f"not {text!r}")
+        return values
+
+    args.pods = counts("--pods", args.pods, 1)
+    args.workers = counts("--workers", args.workers, 1)
+    args.listeners = counts("--listeners", args.listeners, 0)
     args.pgbench = os.environ.get("PGBENCH", "pgbench")
 
     version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()
