@@ -154,6 +154,13 @@ pub async fn read_events_after(
     rows.iter().map(Frame::from_row).collect()
 }
 
+/// The tenant of a firehose row's job, looked up by primary key row by row. A join would let
+/// the planner hash the whole jobs table on every read (it cannot know how few rows the
+/// function returns): milliseconds per read that grow with the table, paid by every `serve`
+/// pod on every notification (docs/scaling.md).
+const JOB_TENANT: &str =
+    "coalesce((select j.tenant from jobcast.jobs j where j.id = e.job_id), 'default')";
+
 /// The firehose after `after`, in commit order: every frame, each with whether it passes
 /// the queue and kind filters (the cursor advances over all of them) and the tenant owning
 /// its job (streams show a tenant its own jobs only). About [`PAGE_BYTES`] at most.
@@ -166,12 +173,12 @@ pub async fn read_firehose(
 ) -> Result<Vec<(Frame, bool, String)>> {
     let statement = &format!(
         "select * from (
-                select {}, e.matches, coalesce(j.tenant, 'default') as tenant
+                select {}, e.matches, {TENANT} as tenant
                   from jobcast.read_firehose($1::text::xid8, $2, $3, $4, $5) e
-                  left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $6 order by xid::xid8, id",
-        frame_columns("e.xid, e.id")
+        frame_columns("e.xid, e.id"),
+        TENANT = JOB_TENANT
     );
     let xid = after.xid.to_string();
     let rows = super::query(
@@ -220,12 +227,12 @@ pub async fn firehose_page(
     let statement = &format!(
         "select * from (
                 select {}, e.data->>'queue' as queue, e.data->>'kind' as kind,
-                       coalesce(j.tenant, 'default') as tenant
+                       {TENANT} as tenant
                   from jobcast.firehose_page($1::text::xid8, $2, $3) e
-                  left join jobcast.jobs j on j.id = e.job_id
                   cross join lateral (select e.data::text as text) d
              ) page where bytes_before < $4 or job_id is null order by xid::xid8, id",
-        frame_columns("e.xid, e.id")
+        frame_columns("e.xid, e.id"),
+        TENANT = JOB_TENANT
     );
     let xid = after.xid.to_string();
     let rows = super::query(client, statement, &[&xid, &after.id, &limit, &page_bytes]).await?;

@@ -27,6 +27,7 @@ mod postgres_restart;
 mod proxies;
 mod races;
 mod retries;
+mod scaling;
 mod schema;
 mod shutdown;
 mod slow_clients;
