@@ -468,25 +468,49 @@ language plpgsql stable as $$
 declare
     next_run_at timestamptz;
 begin
-    -- One index scan per (queue, kind); without kinds, one per queue (slower: the index is
-    -- ordered by kind first).
+    -- The claim indexes are ordered by priority before run_at, so the earliest run_at is
+    -- the least of each priority's first entry: walk the distinct priorities (a loose index
+    -- scan, one probe per priority in use, usually one or two) per queue (and kind).
     if p_kinds is not null then
-        select min(j.run_at) into next_run_at
-          from unnest(p_queues) as q(name)
-          cross join unnest(p_kinds) as k(name)
-          cross join lateral (
-              select run_at from jobcast.jobs
-               where queue = q.name and kind = k.name and status = 'queued'
-               order by run_at limit 1
-          ) j;
+        with recursive walk(queue, kind, priority) as (
+            select q.name, k.name,
+                   (select j.priority from jobcast.jobs j
+                     where j.queue = q.name and j.kind = k.name and j.status = 'queued'
+                     order by j.priority desc limit 1)
+              from unnest(p_queues) as q(name) cross join unnest(p_kinds) as k(name)
+            union all
+            select w.queue, w.kind,
+                   (select j.priority from jobcast.jobs j
+                     where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
+                       and j.priority < w.priority
+                     order by j.priority desc limit 1)
+              from walk w where w.priority is not null
+        )
+        select min((select j.run_at from jobcast.jobs j
+                     where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
+                       and j.priority = w.priority
+                     order by j.priority desc, j.run_at limit 1))
+          into next_run_at
+          from walk w where w.priority is not null;
     else
-        select min(j.run_at) into next_run_at
-          from unnest(p_queues) as q(name)
-          cross join lateral (
-              select run_at from jobcast.jobs
-               where queue = q.name and status = 'queued'
-               order by run_at limit 1
-          ) j;
+        with recursive walk(queue, priority) as (
+            select q.name,
+                   (select j.priority from jobcast.jobs j
+                     where j.queue = q.name and j.status = 'queued'
+                     order by j.priority desc limit 1)
+              from unnest(p_queues) as q(name)
+            union all
+            select w.queue,
+                   (select j.priority from jobcast.jobs j
+                     where j.queue = w.queue and j.status = 'queued' and j.priority < w.priority
+                     order by j.priority desc limit 1)
+              from walk w where w.priority is not null
+        )
+        select min((select j.run_at from jobcast.jobs j
+                     where j.queue = w.queue and j.status = 'queued' and j.priority = w.priority
+                     order by j.priority desc, j.run_at limit 1))
+          into next_run_at
+          from walk w where w.priority is not null;
     end if;
     -- greatest() would ignore a null: none queued stays null.
     if next_run_at is null then
