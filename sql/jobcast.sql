@@ -181,6 +181,27 @@ $$;
 -- p_kinds limits the claim to kinds the worker has handlers for (null: any kind).
 -- plpgsql, not sql: its statements' plans are cached per session instead of re-planned on
 -- every call.
+-- The kinds of the queued jobs of these queues, found with one probe of jobs_due_kind per
+-- kind in use (a loose index scan), for workers that claim any kind: their claims then read
+-- each kind's queued jobs in claim order, as a worker with a list of kinds does, instead of
+-- reading and sorting every queued job of the queue.
+create or replace function jobcast.queued_kinds(p_queues text[]) returns text[]
+language sql stable as $$
+    with recursive walk(queue, kind) as (
+        select q.name,
+               (select j.kind from jobcast.jobs j
+                 where j.queue = q.name and j.status = 'queued' order by j.kind limit 1)
+          from unnest(p_queues) as q(name)
+        union all
+        select w.queue,
+               (select j.kind from jobcast.jobs j
+                 where j.queue = w.queue and j.status = 'queued' and j.kind > w.kind
+                 order by j.kind limit 1)
+          from walk w where w.kind is not null
+    )
+    select coalesce(array_agg(distinct w.kind), '{}') from walk w where w.kind is not null
+$$;
+
 create or replace function jobcast.claim_jobs(
     p_queues text[], p_kinds text[], p_worker text, p_limit integer,
     p_lease_secs double precision
@@ -189,9 +210,8 @@ language plpgsql as $$
 declare
     due_ids bigint[];
     active text[];
+    kinds text[];
 begin
-    -- One index scan per queue, each already in claim order: `queue = any(array)` would
-    -- make PostgreSQL read and sort every queued row of those queues on every claim.
     -- A paused queue keeps its jobs: no worker claims from it until it is resumed.
     select array_agg(u.name) into active
       from unnest(p_queues) as u(name)
@@ -199,45 +219,28 @@ begin
     if active is null then
         return;
     end if;
-    -- One index scan per queue (per queue and kind when kinds are given), each already in
-    -- claim order: `queue = any(array)` would make PostgreSQL read and sort every queued row
-    -- of those queues on every claim, and a kind filter outside the index would walk rows of
-    -- other kinds.
-    if p_kinds is null then
-        select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
-          from (
-            select c.id, c.priority, c.run_at
-              from unnest(active) as q(name)
-              cross join lateral (
-                  select j.id, j.priority, j.run_at
-                    from jobcast.jobs j
-                   where j.queue = q.name and j.status = 'queued' and j.run_at <= now()
-                   order by j.priority desc, j.run_at, j.id
-                   limit p_limit
-                     for update skip locked
-              ) c
-             order by c.priority desc, c.run_at, c.id
-             limit p_limit
-          ) c;
-    else
-        select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
-          from (
-            select c.id, c.priority, c.run_at
-              from unnest(active) as q(name)
-              cross join unnest(p_kinds) as k(name)
-              cross join lateral (
-                  select j.id, j.priority, j.run_at
-                    from jobcast.jobs j
-                   where j.queue = q.name and j.kind = k.name and j.status = 'queued'
-                     and j.run_at <= now()
-                   order by j.priority desc, j.run_at, j.id
-                   limit p_limit
-                     for update skip locked
-              ) c
-             order by c.priority desc, c.run_at, c.id
-             limit p_limit
-          ) c;
-    end if;
+    -- One index scan per queue and kind, each already in claim order: `queue = any(array)`
+    -- would make PostgreSQL read and sort every queued row of those queues on every claim,
+    -- and a kind filter outside the index would walk rows of other kinds. Any kind (null):
+    -- the kinds queued now.
+    kinds := coalesce(p_kinds, jobcast.queued_kinds(active));
+    select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
+      from (
+        select c.id, c.priority, c.run_at
+          from unnest(active) as q(name)
+          cross join unnest(kinds) as k(name)
+          cross join lateral (
+              select j.id, j.priority, j.run_at
+                from jobcast.jobs j
+               where j.queue = q.name and j.kind = k.name and j.status = 'queued'
+                 and j.run_at <= now()
+               order by j.priority desc, j.run_at, j.id
+               limit p_limit
+                 for update skip locked
+          ) c
+         order by c.priority desc, c.run_at, c.id
+         limit p_limit
+      ) c;
     if due_ids is null then
         return;
     end if;
@@ -467,51 +470,33 @@ returns double precision
 language plpgsql stable as $$
 declare
     next_run_at timestamptz;
+    kinds text[];
 begin
     -- The claim indexes are ordered by priority before run_at, so the earliest run_at is
     -- the least of each priority's first entry: walk the distinct priorities (a loose index
-    -- scan, one probe per priority in use, usually one or two) per queue (and kind).
-    if p_kinds is not null then
-        with recursive walk(queue, kind, priority) as (
-            select q.name, k.name,
-                   (select j.priority from jobcast.jobs j
-                     where j.queue = q.name and j.kind = k.name and j.status = 'queued'
-                     order by j.priority desc limit 1)
-              from unnest(p_queues) as q(name) cross join unnest(p_kinds) as k(name)
-            union all
-            select w.queue, w.kind,
-                   (select j.priority from jobcast.jobs j
-                     where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
-                       and j.priority < w.priority
-                     order by j.priority desc limit 1)
-              from walk w where w.priority is not null
-        )
-        select min((select j.run_at from jobcast.jobs j
-                     where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
-                       and j.priority = w.priority
-                     order by j.priority desc, j.run_at limit 1))
-          into next_run_at
-          from walk w where w.priority is not null;
-    else
-        with recursive walk(queue, priority) as (
-            select q.name,
-                   (select j.priority from jobcast.jobs j
-                     where j.queue = q.name and j.status = 'queued'
-                     order by j.priority desc limit 1)
-              from unnest(p_queues) as q(name)
-            union all
-            select w.queue,
-                   (select j.priority from jobcast.jobs j
-                     where j.queue = w.queue and j.status = 'queued' and j.priority < w.priority
-                     order by j.priority desc limit 1)
-              from walk w where w.priority is not null
-        )
-        select min((select j.run_at from jobcast.jobs j
-                     where j.queue = w.queue and j.status = 'queued' and j.priority = w.priority
-                     order by j.priority desc, j.run_at limit 1))
-          into next_run_at
-          from walk w where w.priority is not null;
-    end if;
+    -- scan, one probe per priority in use, usually one or two) per queue and kind.
+    -- Any kind (null): the kinds queued now.
+    kinds := coalesce(p_kinds, jobcast.queued_kinds(p_queues));
+    with recursive walk(queue, kind, priority) as (
+        select q.name, k.name,
+               (select j.priority from jobcast.jobs j
+                 where j.queue = q.name and j.kind = k.name and j.status = 'queued'
+                 order by j.priority desc limit 1)
+          from unnest(p_queues) as q(name) cross join unnest(kinds) as k(name)
+        union all
+        select w.queue, w.kind,
+               (select j.priority from jobcast.jobs j
+                 where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
+                   and j.priority < w.priority
+                 order by j.priority desc limit 1)
+          from walk w where w.priority is not null
+    )
+    select min((select j.run_at from jobcast.jobs j
+                 where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
+                   and j.priority = w.priority
+                 order by j.priority desc, j.run_at limit 1))
+      into next_run_at
+      from walk w where w.priority is not null;
     -- greatest() would ignore a null: none queued stays null.
     if next_run_at is null then
         return null;
