@@ -64,27 +64,35 @@ async fn reclaim_expired_leases(pool: &Pool, retry_base_ms: i64) -> db::Result<(
 }
 
 async fn prune_finished_jobs(pool: &Pool, days: f64, stop: &CancellationToken) -> db::Result<()> {
-    loop {
+    in_batches(BATCH, stop, move || async move {
         let client = pool.get().await?;
         let pruned = db::jobs::prune_finished_jobs(&client, days, BATCH).await?;
-        drop(client);
         if pruned > 0 {
             tracing::info!(pruned, "pruned finished jobs past retention");
         }
-        if pruned < BATCH || stop.is_cancelled() {
-            return Ok(());
-        }
-        // Leave room for live traffic between batches.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(pruned)
+    })
+    .await
 }
 
 async fn prune_worker_writes(pool: &Pool, stop: &CancellationToken) -> db::Result<()> {
-    loop {
+    const LEDGER_BATCH: i32 = BATCH * 10;
+    in_batches(LEDGER_BATCH, stop, move || async move {
         let client = pool.get().await?;
-        let pruned = db::jobs::prune_worker_writes(&client, WRITE_LEDGER_KEPT, BATCH * 10).await?;
-        drop(client);
-        if pruned < BATCH * 10 || stop.is_cancelled() {
+        db::jobs::prune_worker_writes(&client, WRITE_LEDGER_KEPT, LEDGER_BATCH).await
+    })
+    .await
+}
+
+/// Runs `step` (one statement of at most `limit` rows) until it handles fewer, or `stop`,
+/// with a pause between batches to leave room for live traffic.
+async fn in_batches<F, Fut>(limit: i32, stop: &CancellationToken, mut step: F) -> db::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = db::Result<i32>>,
+{
+    loop {
+        if step().await? < limit || stop.is_cancelled() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

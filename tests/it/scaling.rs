@@ -75,6 +75,10 @@ async fn a_firehose_read_finds_each_tenant_without_scanning_the_jobs_table() {
     );
 }
 
+/// Rows of jobcast.jobs read so far by this transaction, by sequential or index scans.
+const ROWS_READ: &str = "select seq_tup_read + coalesce(idx_tup_fetch, 0)
+                           from pg_stat_xact_user_tables where relid = 'jobcast.jobs'::regclass";
+
 /// A claim reads queued jobs in claim order, whatever the planner knows (rows read from
 /// jobcast.jobs, by sequential or index scans, counted in the test's own transaction): with no statistics
 /// on a freshly filled jobs table (a bulk enqueue before autovacuum analyzes it) a second
@@ -106,15 +110,7 @@ async fn a_claim_reads_a_few_rows_even_without_statistics() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    let read: i64 = transaction
-        .query_one(
-            "select seq_tup_read + coalesce(idx_tup_fetch, 0) from pg_stat_xact_user_tables
-              where relid = 'jobcast.jobs'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let read: i64 = transaction.query_one(ROWS_READ, &[]).await.unwrap().get(0);
     assert!(
         read < 100,
         "one claim read {read} rows of jobcast.jobs (30,000 queued)"
@@ -140,8 +136,6 @@ async fn a_claim_of_any_kind_reads_a_few_rows() {
         )
         .await
         .unwrap();
-    let rows_read = "select seq_tup_read + coalesce(idx_tup_fetch, 0) from pg_stat_xact_user_tables
-                       where relid = 'jobcast.jobs'::regclass";
     let transaction = client.transaction().await.unwrap();
     let claimed = transaction
         .query(
@@ -155,7 +149,7 @@ async fn a_claim_of_any_kind_reads_a_few_rows() {
         claimed.iter().all(|row| row.get::<_, i16>(1) == 1),
         "the highest priority first"
     );
-    let read: i64 = transaction.query_one(rows_read, &[]).await.unwrap().get(0);
+    let read: i64 = transaction.query_one(ROWS_READ, &[]).await.unwrap().get(0);
     assert!(
         read < 200,
         "one claim of any kind read {read} rows (30,000 queued)"
@@ -166,7 +160,7 @@ async fn a_claim_of_any_kind_reads_a_few_rows() {
         .unwrap()
         .get(0);
     assert_eq!(due, Some(0.0), "jobs are due now");
-    let read_after: i64 = transaction.query_one(rows_read, &[]).await.unwrap().get(0);
+    let read_after: i64 = transaction.query_one(ROWS_READ, &[]).await.unwrap().get(0);
     assert!(
         read_after - read < 200,
         "next_due_in of any kind read {} rows",
