@@ -3,11 +3,13 @@
 -- statement. Workers in any language can call these functions directly.
 -- Applied after migrations/ by `jobcast migrate`, under the same advisory lock.
 --
--- Transitions of running attempts find their rows by id and test `status::text = 'running'`
--- rather than `status = 'running'`: the latter matches the partial index jobs_running_lease,
--- and PostgreSQL then ANDs a bitmap of that whole index with the ids. Under load that index
--- holds every attempt finished since the last vacuum (20,000 entries after a 20k-job drain),
--- read on every group commit: ~0.45 ms per statement, ~15 µs per job at 32 jobs per batch.
+-- Since migrations/V7, nothing an attempt changes is indexed on jobcast.jobs, so claims and
+-- completions update the row in place (HOT): queued jobs are listed in jobcast.queued and
+-- running attempts (with their lease) in jobcast.running. Every function here keeps the
+-- invariants: a queued row exists exactly while the job is queued, a running row (same
+-- attempt and worker) exactly while it runs. Locks go narrow tables first, then jobs rows,
+-- so that no two transitions wait on each other in opposite orders. A running attempt's
+-- fence is the delete (or update) of its jobcast.running row with its attempt and worker.
 
 -- Declared no stricter than its body (to_char is stable) so that PostgreSQL inlines it: a
 -- function that is not inlined is planned and run on its own for every row.
@@ -74,6 +76,8 @@ $$;
 -- Two backends share a shard when their pids agree mod 16, so a statement that counts
 -- several rows takes them in one global order, (status, queue), as every caller does:
 -- otherwise a group commit and a prune could each hold the row the other waits for.
+-- A positive delta is jobs finishing now: they are also counted in this minute's row of
+-- jobcast.finished_minutes (the console's chart), after the total (same global order).
 create or replace function jobcast.count_finished(
     p_queue text, p_status jobcast.job_status, p_delta bigint
 ) returns void
@@ -81,7 +85,13 @@ language sql as $$
     insert into jobcast.finished_counts (queue, status, shard, value)
     values (p_queue, p_status, (pg_backend_pid() % 16)::smallint, p_delta)
     on conflict (queue, status, shard)
-    do update set value = jobcast.finished_counts.value + excluded.value
+    do update set value = jobcast.finished_counts.value + excluded.value;
+    insert into jobcast.finished_minutes (queue, status, minute, shard, value)
+    select p_queue, p_status, date_trunc('minute', now()), (pg_backend_pid() % 16)::smallint,
+           p_delta
+     where p_delta > 0
+    on conflict (queue, status, minute, shard)
+    do update set value = jobcast.finished_minutes.value + excluded.value;
 $$;
 
 -- The backoff before attempt n+1: base * 2^(n-1), capped at 10 minutes. Computed in
@@ -127,6 +137,9 @@ begin
                jobcast.event_data(i.id, i.kind, i.queue, i.status, i.attempt, 1, 'queued',
                                   jsonb_build_object('run_at', jobcast.rfc3339(i.run_at)))
           from inserted i
+    ), listed as (
+        insert into jobcast.queued (id, queue, kind, priority, run_at)
+        select i.id, i.queue, i.kind, i.priority, i.run_at from inserted i
     )
     select array_agg(id order by id) into new_ids from inserted;
 
@@ -189,13 +202,13 @@ create or replace function jobcast.queued_kinds(p_queues text[]) returns text[]
 language sql stable as $$
     with recursive walk(queue, kind) as (
         select q.name,
-               (select j.kind from jobcast.jobs j
-                 where j.queue = q.name and j.status = 'queued' order by j.kind limit 1)
+               (select j.kind from jobcast.queued j
+                 where j.queue = q.name order by j.kind limit 1)
           from unnest(p_queues) as q(name)
         union all
         select w.queue,
-               (select j.kind from jobcast.jobs j
-                 where j.queue = w.queue and j.status = 'queued' and j.kind > w.kind
+               (select j.kind from jobcast.queued j
+                 where j.queue = w.queue and j.kind > w.kind
                  order by j.kind limit 1)
           from walk w where w.kind is not null
     )
@@ -231,9 +244,8 @@ begin
           cross join unnest(kinds) as k(name)
           cross join lateral (
               select j.id, j.priority, j.run_at
-                from jobcast.jobs j
-               where j.queue = q.name and j.kind = k.name and j.status = 'queued'
-                 and j.run_at <= now()
+                from jobcast.queued j
+               where j.queue = q.name and j.kind = k.name and j.run_at <= now()
                order by j.priority desc, j.run_at, j.id
                limit p_limit
                  for update skip locked
@@ -244,15 +256,22 @@ begin
     if due_ids is null then
         return;
     end if;
+    -- The rows locked above beyond p_limit stay locked until commit but are not claimed.
     return query
-    with claimed as (
+    with unlisted as (
+        delete from jobcast.queued q where q.id = any(due_ids) returning q.id
+    ), claimed as (
         update jobcast.jobs j
            set status = 'running', attempt = j.attempt + 1, started_at = now(),
                updated_at = now(), worker = p_worker,
                lease_until = now() + make_interval(secs => p_lease_secs),
                last_seq = j.last_seq + 1
-         where j.id = any(due_ids)
+          from unlisted u
+         where j.id = u.id and j.status::text = 'queued'
         returning j.*
+    ), leased as (
+        insert into jobcast.running (id, queue, attempt, worker, lease_until)
+        select c.id, c.queue, c.attempt, c.worker, c.lease_until from claimed c
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
         select c.id, c.last_seq, 'started',
@@ -286,15 +305,25 @@ begin
                max(i.ord) filter (where i.type = 'progress') as last_progress
           from input i
          group by i.job_id, i.attempt
+    ), held as (
+        -- The attempt's running row first, as every transition of a running attempt does:
+        -- a cancel or a reclaim that holds it (and whose transaction id may be older than
+        -- this one's) ends the attempt before any event of ours can follow it, so the
+        -- firehose's (xid, id) order stays each job's seq order.
+        select r.id, r.attempt from jobcast.running r
+          join per_attempt p on r.id = p.job_id and r.attempt = p.attempt
+         where r.worker = p_worker
+           for key share of r
     ), updated as (
         update jobcast.jobs j
            set last_seq = j.last_seq + p.n, updated_at = now(),
                progress = case when p.last_progress is null then j.progress else l.progress end,
                message = case when p.last_progress is null then j.message else l.message end
-          from per_attempt p
+          from held h
+          join per_attempt p on p.job_id = h.id and p.attempt = h.attempt
           left join input l on l.ord = p.last_progress
-         where j.id = p.job_id and j.attempt = p.attempt and j.worker = p_worker
-           and j.status::text = 'running'  -- by id, not jobs_running_lease (see top)
+         where j.id = h.id and j.attempt = h.attempt and j.worker = p_worker
+           and j.status = 'running'
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq - p.n as base
     ), numbered as (
         select i.ord, i.job_id, i.type, i.progress, i.message, i.data, u.kind, u.queue,
@@ -337,13 +366,18 @@ begin
         return;
     end if;
     return query
-    with done as (
+    with ended as (
+        delete from jobcast.running r
+         using unnest(ids, attempts, results) as i(id, attempt, result)
+         where r.id = i.id and r.id = any(ids) and r.attempt = i.attempt
+           and r.worker = p_worker
+        returning r.id, i.result
+    ), done as (
         update jobcast.jobs j
-           set status = 'succeeded', result = i.result, finished_at = now(), updated_at = now(),
+           set status = 'succeeded', result = e.result, finished_at = now(), updated_at = now(),
                lease_until = null, worker = null, last_seq = j.last_seq + 1
-          from unnest(ids, attempts, results) as i(id, attempt, result)
-         where j.id = i.id and j.id = any(ids) and j.attempt = i.attempt
-           and j.worker = p_worker and j.status::text = 'running'  -- see top
+          from ended e
+         where j.id = e.id
         returning j.*
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -370,6 +404,11 @@ declare
     j jobcast.jobs;
     event_type text;
 begin
+    delete from jobcast.running
+     where id = p_job_id and attempt = p_attempt and (p_worker is null or worker = p_worker);
+    if not found then
+        return;
+    end if;
     update jobcast.jobs
        set status = case when p_retryable and attempt < max_attempts
                          then 'queued' else 'failed' end::jobcast.job_status,
@@ -379,13 +418,11 @@ begin
                               then null else now() end,
            error = p_error, lease_until = null, worker = null, updated_at = now(),
            last_seq = last_seq + 1
-     where id = p_job_id and attempt = p_attempt and status = 'running'
-       and (p_worker is null or worker = p_worker)
+     where id = p_job_id
     returning * into j;
-    if not found then
-        return;
-    end if;
     if j.status = 'queued' then
+        insert into jobcast.queued (id, queue, kind, priority, run_at)
+        values (j.id, j.queue, j.kind, j.priority, j.run_at);
         event_type := 'retrying';
         perform jobcast.add_to_counter('retries', 1);
     else
@@ -418,6 +455,11 @@ begin
                x->'error' as error, coalesce((x->>'retryable')::boolean, true) as retryable,
                coalesce((x->>'retry_delay_ms')::bigint, 0) as delay_ms
           from jsonb_array_elements(p_failures) x
+    ), ended as (
+        delete from jobcast.running r
+         using input i
+         where r.id = i.id and r.attempt = i.attempt and r.worker = p_worker
+        returning i.*
     ), failed as (
         update jobcast.jobs j
            set status = case when i.retryable and j.attempt < j.max_attempts
@@ -428,10 +470,13 @@ begin
                                   then null else now() end,
                error = i.error, lease_until = null, worker = null, updated_at = now(),
                last_seq = j.last_seq + 1
-          from input i
-         where j.id = i.id and j.attempt = i.attempt and j.worker = p_worker
-           and j.status::text = 'running'  -- see top
+          from ended i
+         where j.id = i.id
         returning j.*
+    ), relisted as (
+        insert into jobcast.queued (id, queue, kind, priority, run_at)
+        select f.id, f.queue, f.kind, f.priority, f.run_at from failed f
+         where f.status = 'queued'
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
         select f.id, f.last_seq,
@@ -472,27 +517,26 @@ declare
     next_run_at timestamptz;
     kinds text[];
 begin
-    -- The claim indexes are ordered by priority before run_at, so the earliest run_at is
+    -- The claim index is ordered by priority before run_at, so the earliest run_at is
     -- the least of each priority's first entry: walk the distinct priorities (a loose index
     -- scan, one probe per priority in use, usually one or two) per queue and kind.
     -- Any kind (null): the kinds queued now.
     kinds := coalesce(p_kinds, jobcast.queued_kinds(p_queues));
     with recursive walk(queue, kind, priority) as (
         select q.name, k.name,
-               (select j.priority from jobcast.jobs j
-                 where j.queue = q.name and j.kind = k.name and j.status = 'queued'
+               (select j.priority from jobcast.queued j
+                 where j.queue = q.name and j.kind = k.name
                  order by j.priority desc limit 1)
           from unnest(p_queues) as q(name) cross join unnest(kinds) as k(name)
         union all
         select w.queue, w.kind,
-               (select j.priority from jobcast.jobs j
-                 where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
-                   and j.priority < w.priority
+               (select j.priority from jobcast.queued j
+                 where j.queue = w.queue and j.kind = w.kind and j.priority < w.priority
                  order by j.priority desc limit 1)
           from walk w where w.priority is not null
     )
-    select min((select j.run_at from jobcast.jobs j
-                 where j.queue = w.queue and j.kind = w.kind and j.status = 'queued'
+    select min((select j.run_at from jobcast.queued j
+                 where j.queue = w.queue and j.kind = w.kind
                    and j.priority = w.priority
                  order by j.priority desc, j.run_at limit 1))
       into next_run_at
@@ -512,12 +556,17 @@ create or replace function jobcast.cancel_job(p_job_id bigint) returns setof job
 language plpgsql as $$
 declare
     j jobcast.jobs;
-    was_running boolean;
+    was_running boolean := false;
 begin
-    select status = 'running' into was_running
-      from jobcast.jobs where id = p_job_id and status in ('queued', 'running') for update;
+    -- Unlisted first (a claim in flight holds the queued row: wait for it, then the job is
+    -- running and its running row is there).
+    delete from jobcast.queued where id = p_job_id;
     if not found then
-        return;
+        delete from jobcast.running where id = p_job_id;
+        if not found then
+            return;
+        end if;
+        was_running := true;
     end if;
     update jobcast.jobs
        set status = 'cancelled', finished_at = now(), updated_at = now(), lease_until = null,
@@ -542,12 +591,18 @@ create or replace function jobcast.heartbeat_jobs(
     p_worker text, p_job_ids bigint[], p_attempts integer[], p_lease_secs double precision
 ) returns table (job_id bigint)
 language sql as $$
-    update jobcast.jobs j
-       set lease_until = now() + make_interval(secs => p_lease_secs)
-      from unnest(p_job_ids, p_attempts) as u(id, attempt)
-     where j.id = u.id and j.attempt = u.attempt and j.worker = p_worker
-       and j.status::text = 'running'  -- see top
-    returning j.id
+    with held as (
+        update jobcast.running r
+           set lease_until = now() + make_interval(secs => p_lease_secs)
+          from unnest(p_job_ids, p_attempts) as u(id, attempt)
+         where r.id = u.id and r.id = any(p_job_ids) and r.attempt = u.attempt
+           and r.worker = p_worker
+        returning r.id, r.lease_until
+    ), mirrored as (
+        update jobcast.jobs j set lease_until = h.lease_until from held h where j.id = h.id
+        returning j.id
+    )
+    select h.id from held h cross join (select count(*) as n from mirrored) m
 $$;
 
 -- Hand unfinished attempts back on shutdown without counting them (event `queued`).
@@ -555,14 +610,22 @@ create or replace function jobcast.release_jobs(
     p_worker text, p_job_ids bigint[], p_attempts integer[]
 ) returns table (job_id bigint)
 language sql as $$
-    with released as (
+    with ended as (
+        delete from jobcast.running r
+         using unnest(p_job_ids, p_attempts) as u(id, attempt)
+         where r.id = u.id and r.id = any(p_job_ids) and r.attempt = u.attempt
+           and r.worker = p_worker
+        returning r.id
+    ), released as (
         update jobcast.jobs j
            set status = 'queued', attempt = j.attempt - 1, lease_until = null, worker = null,
                run_at = now(), updated_at = now(), last_seq = j.last_seq + 1
-          from unnest(p_job_ids, p_attempts) as u(id, attempt)
-         where j.id = u.id and j.attempt = u.attempt and j.worker = p_worker
-           and j.status::text = 'running'  -- see top
+          from ended e
+         where j.id = e.id
         returning j.*
+    ), relisted as (
+        insert into jobcast.queued (id, queue, kind, priority, run_at)
+        select r.id, r.queue, r.kind, r.priority, r.run_at from released r
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
         select r.id, r.last_seq, 'queued',
@@ -586,8 +649,8 @@ declare
     reclaimed integer := 0;
 begin
     for j in
-        select id, attempt, worker from jobcast.jobs
-         where status = 'running' and lease_until < now()
+        select id, attempt, worker from jobcast.running
+         where lease_until < now()
          order by lease_until
          limit p_limit
            for update skip locked
@@ -605,26 +668,64 @@ begin
 end
 $$;
 
--- Remove finished jobs (and, by cascade, their events) older than p_older_than, a batch at
--- a time so retention never holds long locks.
-create or replace function jobcast.prune_finished_jobs(p_older_than interval, p_limit integer)
-returns integer
-language sql as $$
+-- Remove finished jobs older than p_older_than, with their events, among the p_scan jobs
+-- that follow p_after_id in id order: jobs has no index on finished_at (it would make every
+-- completion a non-HOT update, see migrations/V7), so retention walks the primary key a
+-- bounded window at a time. Returns how many were removed and the id to continue after
+-- (null once the window reached the end of the table: start again from 0). Finished jobs
+-- locked by someone else are left for the next pass. Also forgets the console's
+-- per-minute counts older than an hour.
+create or replace function jobcast.prune_finished(
+    p_older_than interval, p_after_id bigint, p_scan integer
+) returns table (pruned integer, next_after_id bigint)
+language plpgsql as $$
+declare
+    scanned bigint[];
+begin
+    select array_agg(w.id order by w.id) into scanned
+      from (select j.id from jobcast.jobs j where j.id > p_after_id order by j.id
+             limit p_scan) w;
+    delete from jobcast.finished_minutes where minute < now() - interval '1 hour';
+    return query
     with doomed as (
-        select id from jobcast.jobs
-         where finished_at < now() - p_older_than
-         order by finished_at
-         limit p_limit
+        select j.id from jobcast.jobs j
+         where j.id = any(scanned) and j.finished_at < now() - p_older_than
            for update skip locked
     ), deleted as (
         delete from jobcast.jobs j using doomed where j.id = doomed.id
         returning j.id, j.queue, j.status
+    ), events as (
+        delete from jobcast.events e using deleted d where e.job_id = d.id
     ), counted as (
         select jobcast.count_finished(g.queue, g.status, -g.n)
           from (select queue, status, count(*) as n from deleted
                  group by queue, status order by status, queue) g
     )
-    select count(*)::integer from deleted cross join (select count(*) as n from counted) c
+    select (select count(*) from deleted cross join (select count(*) from counted) c)::integer,
+           case when coalesce(cardinality(scanned), 0) < p_scan then null
+                else scanned[cardinality(scanned)] end;
+end
+$$;
+
+-- Remove finished jobs older than p_older_than (with their events), walking the whole table
+-- if need be, until at least p_limit are gone (windows of p_limit jobs): for scripts. Workers prune with
+-- jobcast.prune_finished, a bounded window per statement.
+create or replace function jobcast.prune_finished_jobs(p_older_than interval, p_limit integer)
+returns integer
+language plpgsql as $$
+declare
+    after_id bigint := 0;
+    step record;
+    total integer := 0;
+begin
+    loop
+        select * into step from jobcast.prune_finished(p_older_than, after_id, p_limit);
+        total := total + step.pruned;
+        after_id := step.next_after_id;
+        exit when after_id is null or total >= p_limit;
+    end loop;
+    return total;
+end
 $$;
 
 -- Forget ledger rows of group commits older than p_older_than (see migrations/V5): a worker
@@ -746,6 +847,8 @@ begin
            message = null, last_seq = last_seq + 1
      where id = p_job_id
     returning * into j;
+    insert into jobcast.queued (id, queue, kind, priority, run_at)
+    values (j.id, j.queue, j.kind, j.priority, j.run_at);
     -- Where finished jobs are counted as they finish (jobcast.finished_counts), this one
     -- no longer is. (A plpgsql body resolves names when it runs: fine without the table.)
     if to_regclass('jobcast.finished_counts') is not null then
@@ -807,11 +910,11 @@ begin
     end if;
     return query
     with counts as (
-        select j.queue, j.status::text as status, count(*) as n from jobcast.jobs j
-         where j.status = 'queued' and (p_queue is null or j.queue = p_queue) group by 1, 2
+        select j.queue, 'queued' as status, count(*) as n from jobcast.queued j
+         where p_queue is null or j.queue = p_queue group by 1
         union all
-        select j.queue, j.status::text, count(*) from jobcast.jobs j
-         where j.status = 'running' and (p_queue is null or j.queue = p_queue) group by 1, 2
+        select r.queue, 'running', count(*) from jobcast.running r
+         where p_queue is null or r.queue = p_queue group by 1
         union all
         select e->>0, e->>1, (e->>2)::bigint from jsonb_array_elements(finished) e
     ), names as (
@@ -819,26 +922,28 @@ begin
         union select q.name from jobcast.queues q where q.paused and p_queue is null
         union select p_queue where p_queue is not null
     ), done as (
-        select j.queue, j.status,
-               14 - floor(extract(epoch from now() - j.finished_at) / 60)::integer as minute
-          from jobcast.jobs j
-         where j.finished_at > now() - interval '15 minutes'
-           and (p_queue is null or j.queue = p_queue)
+        select f.queue, f.status,
+               14 - floor(extract(epoch from date_trunc('minute', now()) - f.minute) / 60)::integer
+                   as minute,
+               f.value
+          from jobcast.finished_minutes f
+         where f.minute > date_trunc('minute', now()) - interval '15 minutes'
+           and (p_queue is null or f.queue = p_queue)
     )
     select n.name, coalesce(q.paused, false),
            (select jsonb_object_agg(s.status, coalesce(c.n, 0))
               from unnest(enum_range(null::jobcast.job_status)) as s(status)
               left join counts c on c.queue = n.name and c.status = s.status::text),
            coalesce((select extract(epoch from now() - min(j.run_at))::float8
-                       from jobcast.jobs j
-                      where j.queue = n.name and j.status = 'queued' and j.run_at <= now()), 0),
-           (select array_agg((select count(*) from done d
+                       from jobcast.queued j
+                      where j.queue = n.name and j.run_at <= now()), 0),
+           (select array_agg(coalesce((select sum(d.value) from done d
                                where d.queue = n.name and d.minute = m
-                                 and d.status = 'succeeded')::integer order by m)
+                                 and d.status = 'succeeded'), 0)::integer order by m)
               from generate_series(0, 14) m),
-           (select array_agg((select count(*) from done d
+           (select array_agg(coalesce((select sum(d.value) from done d
                                where d.queue = n.name and d.minute = m
-                                 and d.status = 'failed')::integer order by m)
+                                 and d.status = 'failed'), 0)::integer order by m)
               from generate_series(0, 14) m)
       from names n
       left join jobcast.queues q on q.name = n.name
@@ -900,8 +1005,8 @@ create or replace function jobcast.kinds_without_worker()
 returns table (queue text, kind text, jobs bigint, oldest_due_seconds double precision)
 language sql stable as $$
     select j.queue, j.kind, count(*), extract(epoch from now() - min(j.run_at))::float8
-      from jobcast.jobs j
-     where j.status = 'queued' and j.run_at <= now()
+      from jobcast.queued j
+     where j.run_at <= now()
        and not exists (select 1 from jobcast.queues q where q.name = j.queue and q.paused)
      group by j.queue, j.kind
     having not jobcast.kind_has_worker(j.queue, j.kind)

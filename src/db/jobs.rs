@@ -322,6 +322,21 @@ pub async fn prune_finished_jobs(
     Ok(row.try_get(0)?)
 }
 
+/// `jobcast.prune_finished`: among the `scan` jobs after `after_id` (id order), removes the
+/// finished ones older than `days`. Returns how many, and the id to continue after (`None`
+/// once the end of the table was reached).
+pub async fn prune_finished(
+    client: &impl GenericClient,
+    days: f64,
+    after_id: i64,
+    scan: i32,
+) -> Result<(i32, Option<i64>)> {
+    let statement = "select * from jobcast.prune_finished(\
+                     make_interval(secs => $1::float8 * 86400), $2, $3)";
+    let row = super::query_one(client, statement, &[&days, &after_id, &scan]).await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// `jobcast.prune_worker_writes`: how many write-ledger rows older than `older` were removed.
 pub async fn prune_worker_writes(
     client: &impl GenericClient,

@@ -20,15 +20,14 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
 
     let rows = crate::db::query(
         &client,
-        // Queued and running jobs are counted through their partial indexes; finished
-        // ones are kept counted as they finish and are pruned (jobcast.count_finished),
-        // never by reading the retained history.
+        // Queued and running jobs are counted in their own narrow tables; finished ones
+        // are kept counted as they finish and are pruned (jobcast.count_finished), never
+        // by reading the retained history.
         "select queue, status, sum(n)::bigint from (
-                 select queue, status::text, count(*) as n from jobcast.jobs
-                  where status = 'queued' group by 1, 2
+                 select queue, 'queued' as status, count(*) as n from jobcast.queued
+                  group by 1
                  union all
-                 select queue, status::text, count(*) from jobcast.jobs
-                  where status = 'running' group by 1, 2
+                 select queue, 'running', count(*) from jobcast.running group by 1
                  union all
                  select queue, status::text, sum(value) from jobcast.finished_counts
                   group by 1, 2
@@ -60,8 +59,8 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
 
     let rows = crate::db::query(
         &client,
-        "select queue, extract(epoch from now() - min(run_at))::float8 from jobcast.jobs
-              where status = 'queued' and run_at <= now() group by 1 order by 1",
+        "select queue, extract(epoch from now() - min(run_at))::float8 from jobcast.queued
+              where run_at <= now() group by 1 order by 1",
         &[],
     )
     .await

@@ -12,6 +12,11 @@ use crate::db;
 /// Rows handled per statement, so maintenance never holds many locks at once.
 const BATCH: i32 = 500;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Retention walks the jobs table by id (it has no index on `finished_at`, which would make
+/// every completion a non-HOT update): at most this many windows of `BATCH` jobs per tick,
+/// carrying on from where the last tick stopped, so one tick reads a bounded number of rows
+/// however large the retained history is (a sweep of 10 million jobs takes 200 ticks).
+const PRUNE_WINDOWS_PER_TICK: usize = 100;
 /// How long a group commit's ledger row is kept: far longer than a worker retries a write
 /// whose outcome it does not know (after its lease, fencing refuses the retry anyway).
 const WRITE_LEDGER_KEPT: Duration = Duration::from_secs(3600);
@@ -27,6 +32,7 @@ pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
     let mut prune_tick = tokio::time::interval(PRUNE_EVERY);
     reclaim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune_after_id = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -41,7 +47,7 @@ pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
                     tracing::warn!(error = %e, "pruning the write ledger failed");
                 }
                 if args.retention_days > 0.0 {
-                    if let Err(e) = prune_finished_jobs(&pool, args.retention_days, &stop).await {
+                    if let Err(e) = prune_finished_jobs(&pool, args.retention_days, &mut prune_after_id, &stop).await {
                         tracing::warn!(error = %e, "pruning finished jobs failed");
                     }
                 }
@@ -63,16 +69,31 @@ async fn reclaim_expired_leases(pool: &Pool, retry_base_ms: i64) -> db::Result<(
     }
 }
 
-async fn prune_finished_jobs(pool: &Pool, days: f64, stop: &CancellationToken) -> db::Result<()> {
-    in_batches(BATCH, stop, move || async move {
+/// Up to `PRUNE_WINDOWS_PER_TICK` windows from `after_id` on; `after_id` goes back to 0 at
+/// the end of the table.
+async fn prune_finished_jobs(
+    pool: &Pool,
+    days: f64,
+    after_id: &mut i64,
+    stop: &CancellationToken,
+) -> db::Result<()> {
+    let mut pruned = 0;
+    for _ in 0..PRUNE_WINDOWS_PER_TICK {
         let client = pool.get().await?;
-        let pruned = db::jobs::prune_finished_jobs(&client, days, BATCH).await?;
-        if pruned > 0 {
-            tracing::info!(pruned, "pruned finished jobs past retention");
+        let (removed, next) = db::jobs::prune_finished(&client, days, *after_id, BATCH).await?;
+        drop(client);
+        pruned += removed;
+        *after_id = next.unwrap_or(0);
+        if next.is_none() || stop.is_cancelled() {
+            break;
         }
-        Ok(pruned)
-    })
-    .await
+        // Room for live traffic between windows.
+        tokio::time::sleep(Duration::from_millis(if removed > 0 { 50 } else { 5 })).await;
+    }
+    if pruned > 0 {
+        tracing::info!(pruned, "pruned finished jobs past retention");
+    }
+    Ok(())
 }
 
 async fn prune_worker_writes(pool: &Pool, stop: &CancellationToken) -> db::Result<()> {

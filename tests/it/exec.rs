@@ -335,7 +335,8 @@ async fn steal(db: &TestDb, id: &str) {
         .client()
         .await
         .execute(
-            "update jobcast.jobs set worker = 'another-worker' where id = $1",
+            "with stolen as (update jobcast.running set worker = 'another-worker' where id = $1)
+             update jobcast.jobs set worker = 'another-worker' where id = $1",
             &[&id],
         )
         .await

@@ -23,7 +23,9 @@ async fn a_job_at_attempt_60_does_not_stop_lease_reclaims() {
         .batch_execute(
             "insert into jobcast.jobs (kind, status, attempt, max_attempts, worker, lease_until, last_seq)
              values ('demo.echo', 'running', 60, 100, 'gone', now() - interval '2 minutes', 1),
-                    ('demo.echo', 'running', 1, 3, 'gone', now() - interval '1 minute', 1)",
+                    ('demo.echo', 'running', 1, 3, 'gone', now() - interval '1 minute', 1);
+             insert into jobcast.running (id, queue, attempt, worker, lease_until)
+             select id, queue, attempt, worker, lease_until from jobcast.jobs",
         )
         .await
         .unwrap();
@@ -134,7 +136,7 @@ async fn a_reclaimed_attempt_ending_late_does_not_orphan_the_next_attempt() {
     let mut client = db.client().await;
     let tx = client.transaction().await.unwrap();
     tx.execute(
-        "update jobcast.jobs set lease_until = now() - interval '1 second' where id = $1",
+        "update jobcast.running set lease_until = now() - interval '1 second' where id = $1",
         &[&id.parse::<i64>().unwrap()],
     )
     .await
@@ -524,4 +526,79 @@ async fn workers_prune_the_write_ledger_past_an_hour() {
         .unwrap()
         .get(0);
     assert_eq!(kept, 1, "a row younger than an hour stays");
+}
+
+/// Since migrations/V7 a reclaim (or a cancel) takes the attempt's `jobcast.running` row
+/// before the job's row. A worker still alive reporting progress in between used to update
+/// the job's row unhindered: its event (seq n, newer transaction id) committed first, the
+/// reclaim's `retrying` (seq n+1, older transaction id) after, and the firehose, in
+/// transaction-id order, delivered n+1 before n. Progress now takes the running row first.
+#[tokio::test]
+async fn progress_racing_a_reclaim_keeps_the_firehose_in_seq_order() {
+    let db = TestDb::new().await;
+    let setup = db.client().await;
+    let id: i64 = setup
+        .query_one(
+            "select id from jobcast.enqueue_jobs('[{\"kind\": \"demo.echo\"}]')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let claimed = setup
+        .query(
+            "select id from jobcast.claim_jobs(array['default'], array['demo.echo'], 'w1', 1, 60)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut reclaimer = db.client().await;
+    let reclaim = reclaimer.transaction().await.unwrap();
+    // As jobcast.reclaim_expired_leases does: the expired attempt's running row first.
+    reclaim
+        .execute(
+            "select 1 from jobcast.running where id = $1 for update",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let writer = db.client().await;
+    let progress = tokio::spawn(async move {
+        let events = json!([{"job_id": id, "attempt": 1, "type": "progress", "progress": 50}]);
+        writer
+            .query(
+                "select * from jobcast.record_events('w1', $1::text::jsonb)",
+                &[&events.to_string()],
+            )
+            .await
+            .unwrap()
+            .len()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reclaim
+        .execute(
+            "select jobcast.fail_job($1, 1, null, '{\"message\": \"lease expired\"}', true, 0)",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    reclaim.commit().await.unwrap();
+    let accepted = progress.await.unwrap();
+    let rows = setup
+        .query(
+            "select seq, type from jobcast.read_firehose('0'::xid8, 0, null, null, 100)
+              where job_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    assert_eq!(
+        seqs, sorted,
+        "the firehose's order of job {id}'s events (progress accepted: {accepted})"
+    );
+    assert_eq!(accepted, 0, "progress of an attempt taken back is refused");
 }

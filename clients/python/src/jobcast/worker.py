@@ -41,6 +41,7 @@ from .errors import Cancelled, Fatal, Retry, WriteFailed
 log = logging.getLogger("jobcast.worker")
 
 #: Longest sleep between claims when no notification arrives.
+IDLE_FLOOR = 0.02
 POLL_EVERY = 1.0
 #: Most jobs claimed in one statement.
 MAX_CLAIM = 100
@@ -310,15 +311,14 @@ class Worker:
         try:
             conn = await self._claimer.get()
             async with conn.cursor() as cur:
+                # By the database's clock, through the claim index (see docs/protocol.md);
+                # a floor so that a due job another worker holds does not make this one spin.
                 await cur.execute(
-                    "select extract(epoch from min(j.run_at) - now())::float8"
-                    "  from unnest(%s::text[]) as q(name) cross join lateral ("
-                    "    select run_at from jobcast.jobs where queue = q.name"
-                    "       and status = 'queued' and run_at > now() order by run_at limit 1) j",
-                    (self.queues,))
+                    "select jobcast.next_due_in(%s::text[], %s::text[])",
+                    (self.queues, self.kinds))
                 row = await cur.fetchone()
                 if row and row[0] is not None:
-                    wait = max(0.0, min(row[0], POLL_EVERY))
+                    wait = max(IDLE_FLOOR, min(row[0], POLL_EVERY))
         except psycopg.Error:
             await self._claimer.reset()
         try:
