@@ -525,6 +525,68 @@ begin
 end
 $$;
 
+-- One group commit of a worker in one statement, so one round trip: the write ledger's row
+-- (jobcast.worker_writes), then every op of the batch, then each op's outcome recorded
+-- in the ledger. p_ops is an array of objects, each with `op` and the members of the
+-- function that writes it: "event" (record_events), "complete" (complete_jobs), "fail"
+-- (fail_jobs), "release" (release_jobs: job_id, attempt). Written in that order of kinds,
+-- each kind in array order. Returns one boolean per op: accepted, or refused by fencing.
+-- A batch id already in the ledger (a retry of a batch whose COMMIT had an unknown
+-- outcome) writes nothing and returns the outcome recorded then; a retry that arrives
+-- while the first try still commits waits for it on the ledger row.
+create or replace function jobcast.write_batch(p_batch_id text, p_worker text, p_ops jsonb)
+returns boolean[]
+language plpgsql as $$
+declare
+    n integer := jsonb_array_length(p_ops);
+    outcome boolean[];
+    kind text;
+    positions integer[];
+    ops jsonb;
+    ids bigint[];
+    written bigint[];
+    r record;
+begin
+    insert into jobcast.worker_writes (id) values (p_batch_id) on conflict (id) do nothing;
+    if not found then
+        select w.accepted into outcome from jobcast.worker_writes w where w.id = p_batch_id;
+        return coalesce(outcome, array_fill(false, array[n]));
+    end if;
+    outcome := array_fill(false, array[n]);
+    foreach kind in array array['event', 'complete', 'fail', 'release'] loop
+        select array_agg(o.ord::integer order by o.ord), jsonb_agg(o.v order by o.ord),
+               array_agg((o.v->>'job_id')::bigint order by o.ord)
+          into positions, ops, ids
+          from jsonb_array_elements(p_ops) with ordinality as o(v, ord)
+         where o.v->>'op' = kind;
+        continue when ops is null;
+        if kind = 'event' then
+            -- Accepted by index (several events of one job may be in the batch).
+            for r in select e.idx from jobcast.record_events(p_worker, ops) e loop
+                outcome[positions[r.idx]] := true;
+            end loop;
+            continue;
+        elsif kind = 'complete' then
+            select array_agg(c.job_id) into written from jobcast.complete_jobs(p_worker, ops) c;
+        elsif kind = 'fail' then
+            select array_agg(f.job_id) into written from jobcast.fail_jobs(p_worker, ops) f;
+        else
+            select array_agg(l.job_id) into written
+              from jobcast.release_jobs(p_worker, ids,
+                       array(select (x->>'attempt')::integer
+                               from jsonb_array_elements(ops) with ordinality as y(x, ord)
+                              order by y.ord)) l;
+        end if;
+        for r in select p.pos from unnest(positions, ids) as p(pos, id)
+                  where p.id = any(written) loop
+            outcome[r.pos] := true;
+        end loop;
+    end loop;
+    update jobcast.worker_writes set accepted = outcome where id = p_batch_id;
+    return outcome;
+end
+$$;
+
 -- Seconds until the earliest queued job of these queues and kinds is due (0 when one is
 -- due now, null when none is queued), by the database's clock: a worker whose own clock
 -- is off neither spins nor oversleeps.

@@ -48,6 +48,9 @@ pub enum Error {
     /// The database did not answer within [`DEADLINE`].
     #[error("the database did not answer within {0:?}")]
     TimedOut(Duration),
+    /// A function answered something its contract rules out.
+    #[error("unexpected answer from the database: {0}")]
+    Unexpected(String),
 }
 
 /// How long any one database step may take before we stop waiting: a hung server or link
@@ -78,7 +81,7 @@ impl Error {
                         code.starts_with("08") || code.starts_with("57") || code == "53300"
                     })
             }
-            Error::Url(_) | Error::Migration(_) => false,
+            Error::Url(_) | Error::Migration(_) | Error::Unexpected(_) => false,
         }
     }
 }

@@ -111,9 +111,15 @@ pub async fn steps(ctx: JobContext, args: StepsArgs) -> Result<Value, HandlerErr
         .payload_bytes
         .map(|n| json!({ "filler": "x".repeat(n) }));
     for step in 1..=args.steps {
-        tokio::select! {
-            _ = ctx.cancelled() => return Err(HandlerError::Cancelled),
-            _ = tokio::time::sleep(Duration::from_millis(args.step_ms)) => {}
+        if args.step_ms > 0 {
+            tokio::select! {
+                _ = ctx.cancelled() => return Err(HandlerError::Cancelled),
+                _ = tokio::time::sleep(Duration::from_millis(args.step_ms)) => {}
+            }
+        } else if ctx.is_cancelled() {
+            // No sleep at all: tokio's timer would round even a zero sleep up to its next
+            // millisecond tick, a millisecond per step of a job that asked for none.
+            return Err(HandlerError::Cancelled);
         }
         if args.fail_at == Some(step) {
             return Err(HandlerError::retryable(format!(
