@@ -40,8 +40,8 @@ const MAX_CLAIM: usize = 100;
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts claimed but not yet recorded, per handler slot.
 const IN_FLIGHT_PER_SLOT: usize = 4;
-/// How long a busy worker lets completions accumulate before claiming again.
-const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
+/// At most this many yields while a busy worker's free slots still grow (see `claim_loop`).
+const GATHER_YIELDS: usize = 8;
 /// Longest retry backoff (API.md).
 const MAX_BACKOFF_MS: f64 = 600_000.0;
 
@@ -243,9 +243,17 @@ async fn claim_loop(
             },
         };
         if slots.available_permits() + 1 < concurrency {
-            // Busy: completions free slots in bursts (one group commit at a time); gather
-            // the burst so one claim statement fills many slots. Idle workers claim at once.
-            tokio::time::sleep(CLAIM_COOLDOWN).await;
+            // Busy: handlers free their slots in bursts (the jobs of one claim end close
+            // together); let the ones already runnable finish so that one claim statement
+            // fills many slots. Yields, not a sleep: tokio's timer rounds any sleep up to its
+            // next millisecond tick, a millisecond per cycle. Idle workers claim at once.
+            for _ in 0..GATHER_YIELDS {
+                let free = slots.available_permits();
+                tokio::task::yield_now().await;
+                if slots.available_permits() == free {
+                    break;
+                }
+            }
         }
         let mut permits = vec![Permits {
             slot: first_slot,

@@ -263,16 +263,7 @@ async fn randomized_faults_leave_every_job_terminal_and_every_view_exact() {
 
     // Every job terminal: neither claim list nor lease list may keep a row of one (a row
     // left in jobcast.queued would be claimed again; one left in jobcast.running reclaimed).
-    let lists: (i64, i64) = {
-        let row = client
-            .query_one(
-                "select (select count(*) from jobcast.queued), (select count(*) from jobcast.running)",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let lists = listed_rows(&client).await;
     assert_eq!(lists, (0, 0), "queued and running rows left behind");
 
     // Every job's events: gapless from 1, one terminal event, the last.

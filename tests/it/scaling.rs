@@ -226,16 +226,7 @@ async fn claims_and_completions_update_rows_in_place() {
         hot * 2 >= updates,
         "{hot} of {updates} updates of jobcast.jobs were HOT (claims and completions must be)"
     );
-    let left: (i64, i64) = {
-        let row = client
-            .query_one(
-                "select (select count(*) from jobcast.queued), (select count(*) from jobcast.running)",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let left = listed_rows(&client).await;
     assert_eq!(
         left,
         (0, 0),

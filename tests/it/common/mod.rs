@@ -105,6 +105,18 @@ impl TestDb {
     }
 }
 
+/// Rows of the claim list `jobcast.queued` and of the lease list `jobcast.running`.
+pub async fn listed_rows(client: &tokio_postgres::Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "select (select count(*) from jobcast.queued), (select count(*) from jobcast.running)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// A `jobcast` child process, killed (SIGKILL) when dropped.
 pub struct Proc {
     pub child: Child,
