@@ -262,9 +262,26 @@ begin
         return;
     end if;
     -- The rows locked above beyond p_limit stay locked until commit but are not claimed.
+    return query select * from jobcast.start_attempts(due_ids, p_worker, p_lease_secs);
+end
+$$;
+
+-- The claim's transition of the jobs it selected (locked rows of jobcast.queued): running,
+-- next attempt, leased to p_worker, a `started` event each. Internal to claim_jobs. A
+-- function of its own for the plan cache: its statement's plan is the same whatever the
+-- ids (lookups by primary key), but PostgreSQL kept choosing a custom plan and planned its
+-- four CTEs on every claim (~0.3 ms, a third of a one-job claim's time, perf); the generic
+-- plan is forced here only, since the selection above does need its custom plans.
+create or replace function jobcast.start_attempts(
+    p_ids bigint[], p_worker text, p_lease_secs double precision
+) returns setof jobcast.jobs
+language plpgsql
+set plan_cache_mode = force_generic_plan
+as $$
+begin
     return query
     with unlisted as (
-        delete from jobcast.queued q where q.id = any(due_ids) returning q.id
+        delete from jobcast.queued q where q.id = any(p_ids) returning q.id
     ), claimed as (
         update jobcast.jobs j
            set status = 'running', attempt = j.attempt + 1, started_at = now(),
