@@ -451,7 +451,7 @@ def grid_run(args, template, logdir, listen_script, pods, workers, followers_per
         committed, succeeded, commits = (int(v) for v in rows(
             url, "select count(*), count(*) filter (where type = 'succeeded'), "
                  f"count(distinct xid) from jobcast.events where id > {mark0} and id <= {mark1}")[0])
-        left = int(psql(url, "select count(*) from jobcast.jobs where status = 'queued'"))
+        left = int(psql(url, "select count(*) from jobcast.queued"))
         (p50, p99), sampled = followers.percentiles(0.50, 0.99)
         for p in serve + work:
             if p.poll() is not None:
