@@ -30,6 +30,8 @@ const FIREHOSE_CAPACITY: usize = 256;
 const FIREHOSE_PAGE: i32 = 500;
 /// How often the firehose reader looks for events even without a notification.
 pub const FIREHOSE_POLL: Duration = Duration::from_millis(250);
+/// The first recheck after a notified firehose read found nothing readable (then doubling).
+const FIREHOSE_RECHECK: Duration = Duration::from_millis(5);
 
 /// The channel `jobcast.notify_events` notifies on.
 pub const EVENTS_CHANNEL: &str = "jobcast_events";
@@ -178,31 +180,50 @@ impl Hub {
     async fn firehose_loop(self, shutdown: CancellationToken) {
         let mut changes = self.inner.firehose.subscribe();
         let mut position: Option<Cursor> = None;
+        // Set after a notified read found nothing readable: the announced events wait for an
+        // older transaction to end, and one that writes no event (a heartbeat, a ledger
+        // prune, any client's) ends without a notification. Look again soon, backing off
+        // to the poll, rather than a whole poll later.
+        let mut recheck: Option<Duration> = None;
         loop {
-            tokio::select! {
+            let notified = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(FIREHOSE_POLL) => {}
-            }
+                _ = changes.changed() => true,
+                _ = tokio::time::sleep(recheck.unwrap_or(FIREHOSE_POLL)) => false,
+            };
             if self.inner.firehose_pages.receiver_count() == 0 {
                 // Nobody follows: start again from "now" when someone does (followers
                 // bridge any gap from the table).
                 position = None;
+                recheck = None;
                 continue;
             }
-            if let Err(reason) = crate::db::deadline(self.read_firehose(&mut position)).await {
-                tracing::warn!(%reason, "reading the firehose failed; retrying");
-                position = None;
+            match crate::db::deadline(self.read_firehose(&mut position)).await {
+                Ok(0) if notified || recheck.is_some() => {
+                    recheck =
+                        Some(recheck.map_or(FIREHOSE_RECHECK, |d| (d * 2).min(FIREHOSE_POLL)));
+                }
+                Ok(_) => recheck = None,
+                Err(reason) => {
+                    tracing::warn!(%reason, "reading the firehose failed; retrying");
+                    position = None;
+                    recheck = None;
+                }
             }
         }
     }
 
-    async fn read_firehose(&self, position: &mut Option<Cursor>) -> Result<(), crate::db::Error> {
+    /// Reads and broadcasts every event readable after `position`; how many.
+    async fn read_firehose(
+        &self,
+        position: &mut Option<Cursor>,
+    ) -> Result<usize, crate::db::Error> {
         let client = self.inner.pool.get().await?;
         let mut from = match *position {
             Some(at) => at,
             None => crate::db::events::firehose_now(&client).await?,
         };
+        let mut delivered = 0;
         loop {
             let (frames, done) = crate::db::events::firehose_page(
                 &client,
@@ -225,9 +246,10 @@ impl Hub {
                     let _ = self.inner.firehose_pages.send(Arc::new(page));
                 }
                 *position = Some(to);
-                return Ok(());
+                return Ok(delivered);
             };
             let to = last.cursor;
+            delivered += frames.len();
             let page = Arc::new(FirehosePage { from, to, frames });
             // No receivers is fine: the last follower just left.
             let _ = self.inner.firehose_pages.send(page);

@@ -1,7 +1,7 @@
 //! The firehose `/v1/events`: commit order, so a cursor never jumps over an event whose
 //! transaction commits late, and resuming from any cursor repeats and skips nothing.
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobcast::db;
 use jobcast::db::events::Cursor;
@@ -168,4 +168,39 @@ async fn resuming_from_any_cursor_sees_every_event_once_with_eight_workers_commi
     .await;
     let first = filtered.next(T).await.unwrap();
     assert_eq!(first.data["job_id"], other.as_str());
+}
+
+/// An event committed while an older transaction that writes no event is open (a worker's
+/// heartbeat, a ledger prune, any client's) can be read only once that transaction ends, and
+/// nothing announces that end: the firehose reader used to wait for its next poll, 250 ms
+/// after the notification (~210 ms late here). It now looks again soon after a notified read
+/// that found nothing readable.
+#[tokio::test]
+async fn an_event_held_back_by_a_silent_transaction_arrives_soon_after_it_ends() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let mut sse = Sse::open(serve.url(), "/v1/events", None).await;
+    let first = submit_ok(serve.url(), json!({"kind": "demo.echo"})).await;
+    let event = sse.next(T).await.expect("the first event");
+    assert_eq!(event.data["job_id"], first.as_str());
+
+    let mut holder = db.client().await;
+    let silent = holder.transaction().await.unwrap();
+    // Takes a transaction id, writes no event.
+    silent
+        .execute("select pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    let held = submit_ok(serve.url(), json!({"kind": "demo.echo"})).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let ended = Instant::now();
+    silent.commit().await.unwrap();
+    let event = sse.next(T).await.expect("the held event");
+    let late = ended.elapsed();
+    assert_eq!(event.data["job_id"], held.as_str());
+    println!("arrived {late:?} after the silent transaction ended");
+    assert!(
+        late < Duration::from_millis(120),
+        "the held event arrived {late:?} after the transaction holding it back ended"
+    );
 }
