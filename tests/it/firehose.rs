@@ -174,7 +174,7 @@ async fn resuming_from_any_cursor_sees_every_event_once_with_eight_workers_commi
 /// heartbeat, a ledger prune, any client's) can be read only once that transaction ends, and
 /// nothing announces that end: the firehose reader used to wait for its next poll, 250 ms
 /// after the notification (~210 ms late here). It now looks again soon after a notified read
-/// that found nothing readable.
+/// that found nothing readable (at 20 ms, then 40, 80, …: 3–20 ms late here).
 #[tokio::test]
 async fn an_event_held_back_by_a_silent_transaction_arrives_soon_after_it_ends() {
     let db = TestDb::new().await;
@@ -200,7 +200,7 @@ async fn an_event_held_back_by_a_silent_transaction_arrives_soon_after_it_ends()
     assert_eq!(event.data["job_id"], held.as_str());
     println!("arrived {late:?} after the silent transaction ended");
     assert!(
-        late < Duration::from_millis(120),
+        late < Duration::from_millis(150),
         "the held event arrived {late:?} after the transaction holding it back ended"
     );
 }
