@@ -39,6 +39,27 @@ pub async fn run(database_url: &str) -> Result<()> {
     outcome
 }
 
+/// Applies the versioned migrations up to `version` only, without the functions (which
+/// need the newest schema): a database as an older release left it, for upgrade tests.
+pub async fn run_schema_to(database_url: &str, version: u32) -> Result<()> {
+    let config = connection_config(database_url, "jobcast-migrate")?;
+    let (mut client, connection) = config.connect().await?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut runner = embedded::migrations::runner();
+    runner.set_migration_table_name("jobcast_schema_history");
+    let outcome = runner
+        .set_target(refinery::Target::Version(version))
+        .run_async(&mut client)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Migration(e.to_string()));
+    drop(client);
+    let _ = driver.await;
+    outcome
+}
+
 /// The newest migration this binary carries: the schema version it needs.
 pub fn latest_version() -> i64 {
     embedded::migrations::runner()

@@ -201,3 +201,67 @@ async fn migrate_twice_logs_no_notice() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("NOTICE"), "{stderr}");
 }
+
+/// Upgrading a database with jobs in every state from schema V6 (before the narrow
+/// `jobcast.queued` and `jobcast.running` lists of V7 and the domains of V8): the migration
+/// lists its queued and running jobs, the queued ones are claimed and finished, the running
+/// one (its worker gone) is taken back after its lease and finished, and nothing is left
+/// listed.
+#[tokio::test]
+async fn an_upgrade_from_v6_lists_queued_and_running_jobs_and_a_worker_finishes_them() {
+    let url = empty_database().await;
+    jobcast::db::migrate::run_schema_to(&url, 6).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Rows as the V6 functions wrote them (their functions are not part of the schema).
+    client
+        .batch_execute(
+            "insert into jobcast.jobs (kind, args) select 'demo.echo', jsonb_build_object('i', g)
+               from generate_series(1, 20) g;
+             insert into jobcast.jobs (kind, status, attempt, worker, lease_until, started_at)
+             values ('demo.echo', 'running', 1, 'gone-worker', now() - interval '1 second', now());
+             insert into jobcast.jobs (kind, status, attempt, result, finished_at)
+             values ('demo.echo', 'succeeded', 1, '{}', now());",
+        )
+        .await
+        .unwrap();
+    let (code, stderr) = run_to_end(
+        &["migrate", "--database-url", &url],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        listed_rows(&client).await,
+        (20, 1),
+        "queued and running jobs listed"
+    );
+
+    let _work = Proc::work(&url, &["--lease-secs", "2"]);
+    eventually("every job succeeded", Duration::from_secs(30), || async {
+        let left: i64 = client
+            .query_one(
+                "select count(*) from jobcast.jobs where status <> 'succeeded'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(listed_rows(&client).await, (0, 0));
+    let taken_back: i64 = client
+        .query_one(
+            "select count(*) from jobcast.events where type = 'retrying'
+                and data->'error'->>'lease_expired' = 'true'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        taken_back, 1,
+        "the orphaned attempt was taken back by its lease"
+    );
+}
