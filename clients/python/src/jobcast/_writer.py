@@ -4,9 +4,10 @@ is being written the next ops pile up and go out together. Each op is told wheth
 accepted (false: the attempt no longer holds the job — fencing), or why PostgreSQL refused
 it (:class:`WriteFailed`).
 
-Where the database has the `jobcast.worker_writes` ledger, each transaction first records
-its batch id there: a batch retried after a lost connection (whose COMMIT may have gone
-through) finds its earlier outcome instead of writing its events twice."""
+Each batch is one call of ``jobcast.write_batch`` (docs/protocol.md), which records the
+batch id in the ``jobcast.worker_writes`` ledger first: a batch retried after a lost
+connection (whose COMMIT may have gone through) finds its earlier outcome instead of
+writing its events twice."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ MAX_BATCH = 1000
 
 @dataclass
 class EventOp:
-    """A progress or custom event: ``element`` as record_events takes it, less ids."""
+    """A progress, custom or output event: ``element`` as record_events takes it, less
+    the ids."""
 
     job_id: int
     attempt: int
@@ -82,7 +84,6 @@ class Writer:
         self._task: Optional["asyncio.Task[None]"] = None
         self._batches = 0
         self._closing = False
-        self._ledger: Optional[bool] = None  # whether jobcast.worker_writes exists
 
     def start(self) -> None:
         """Starts writing (on the running loop)."""
@@ -91,11 +92,18 @@ class Writer:
     async def submit(self, op: Op) -> bool:
         """Queues ``op``; true once committed, false if it was refused (fencing). Raises
         WriteFailed when PostgreSQL rejected the op itself."""
-        if self._closing:
-            raise WriteFailed("the worker has stopped writing")
+        return await self.enqueue(op)
+
+    def enqueue(self, op: Op) -> "asyncio.Future[bool]":
+        """Queues ``op`` at once (call on the worker's loop) and returns the future that
+        :meth:`submit` awaits. Ops are written in the order they were queued: an op queued
+        after another is in the same transaction or a later one."""
         future: "asyncio.Future[bool]" = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(WriteFailed("the worker has stopped writing"))
+            return future
         self._queue.put_nowait((op, future))
-        return await future
+        return future
 
     async def close(self, timeout: float) -> None:
         """Writes what is queued and stops; after ``timeout`` s of an unreachable database,
@@ -167,73 +175,32 @@ class Writer:
             backoff = min(backoff * 2, 2.0)
 
     async def _write(self, batch: List[_Queued], batch_id: str) -> List[bool]:
-        """One transaction: the batch id (where there is a ledger), then events,
-        completions, failures and releases. Returns, per op, whether it was accepted."""
+        """One statement, so one round trip and one transaction: ``jobcast.write_batch``
+        takes the batch id in the ledger, writes the events, then completions, failures and
+        releases, and returns, per op, whether it was accepted. A batch id already in the
+        ledger (a retry after a lost COMMIT) writes nothing and returns that outcome."""
         conn = await self._connector.get()
-        if self._ledger is None:
-            cur = await conn.execute("select to_regclass('jobcast.worker_writes') is not null")
-            row = await cur.fetchone()
-            self._ledger = bool(row and row[0])
-        accepted = [False] * len(batch)
-        events: List[Dict[str, Any]] = []
-        event_positions: List[int] = []
-        completions: List[Dict[str, Any]] = []
-        completion_positions: List[Tuple[int, int]] = []
-        releases: List[Tuple[int, int, int]] = []
-        failures: List[Tuple[int, FailOp]] = []
-        for position, (op, _) in enumerate(batch):
-            if isinstance(op, EventOp):
-                events.append({**op.element, "job_id": op.job_id, "attempt": op.attempt})
-                event_positions.append(position)
-            elif isinstance(op, CompleteOp):
-                completions.append({"job_id": op.job_id, "attempt": op.attempt,
-                                    "result": op.result})
-                completion_positions.append((position, op.job_id))
-            elif isinstance(op, FailOp):
-                failures.append((position, op))
-            else:
-                releases.append((position, op.job_id, op.attempt))
-        worker = self._worker_id
-        async with conn.transaction():
-            async with conn.cursor() as cur:
-                if self._ledger:
-                    # Taken first: a retry whose earlier try is still committing waits here.
-                    await cur.execute("insert into jobcast.worker_writes (id) values (%s)"
-                                      " on conflict (id) do nothing", (batch_id,))
-                    if cur.rowcount == 0:
-                        await cur.execute("select accepted from jobcast.worker_writes"
-                                          " where id = %s", (batch_id,))
-                        row = await cur.fetchone()
-                        log.info("batch %s: a retried write had already committed", batch_id)
-                        return list(row[0]) if row and row[0] else [False] * len(batch)
-                if events:
-                    await cur.execute("select idx from jobcast.record_events(%s, %s)",
-                                      (worker, Jsonb(events)))
-                    for (index,) in await cur.fetchall():
-                        accepted[event_positions[index - 1]] = True
-                if completions:
-                    await cur.execute("select job_id from jobcast.complete_jobs(%s, %s)",
-                                      (worker, Jsonb(completions)))
-                    done = {row[0] for row in await cur.fetchall()}
-                    for position, job_id in completion_positions:
-                        accepted[position] = job_id in done
-                for position, failure in failures:
-                    await cur.execute(
-                        "select id from jobcast.fail_job(%s, %s, %s, %s, %s, %s)",
-                        (failure.job_id, failure.attempt, worker, Jsonb(failure.error),
-                         failure.retryable, failure.delay_ms))
-                    accepted[position] = await cur.fetchone() is not None
-                if releases:
-                    await cur.execute(
-                        "select job_id from jobcast.release_jobs(%s, %s::bigint[], %s::integer[])",
-                        (worker, [r[1] for r in releases], [r[2] for r in releases]))
-                    released = {row[0] for row in await cur.fetchall()}
-                    for position, job_id, _ in releases:
-                        accepted[position] = job_id in released
-                if self._ledger:
-                    await cur.execute("update jobcast.worker_writes set accepted = %s"
-                                      " where id = %s", (accepted, batch_id))
-        return accepted
+        ops = [_op_json(op) for op, _ in batch]
+        cur = await conn.execute("select jobcast.write_batch(%s, %s, %s)",
+                                 (batch_id, self._worker_id, Jsonb(ops)))
+        row = await cur.fetchone()
+        accepted = list(row[0]) if row and row[0] is not None else []
+        if len(accepted) != len(batch):
+            accepted = (accepted + [False] * len(batch))[:len(batch)]
+        return [bool(ok) for ok in accepted]
+
+
+def _op_json(op: Op) -> Dict[str, Any]:
+    """An element of write_batch's ``p_ops`` (docs/protocol.md)."""
+    if isinstance(op, EventOp):
+        return {**op.element, "op": "event", "job_id": op.job_id, "attempt": op.attempt}
+    if isinstance(op, CompleteOp):
+        return {"op": "complete", "job_id": op.job_id, "attempt": op.attempt,
+                "result": op.result}
+    if isinstance(op, FailOp):
+        return {"op": "fail", "job_id": op.job_id, "attempt": op.attempt, "error": op.error,
+                "retryable": op.retryable, "retry_delay_ms": op.delay_ms}
+    return {"op": "release", "job_id": op.job_id, "attempt": op.attempt}
 
 
 def _fail(batch: List[_Queued], reason: str) -> None:

@@ -1,7 +1,9 @@
-"""What a running attempt sees: its job, progress and custom events, and cancellation.
+"""What a running attempt sees: its job, progress and custom events, output streams, and
+cancellation.
 
 ``async def`` handlers get an :class:`AsyncContext` (await its methods); plain functions run
 in a thread and get a :class:`Context` (its methods block until the event is committed).
+``append`` is the exception in both: it returns at once (the worker coalesces the text).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import math
 import re
 from typing import Any, Callable, Coroutine, Dict, Optional
 
+from ._output import AttemptOutput
 from .errors import Cancelled
 
 _CUSTOM_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 #: Event types jobcast itself writes; a handler may not emit them.
 BUILTIN_EVENT_TYPES = frozenset({"queued", "started", "progress", "retrying", "retried",
-                                 "succeeded", "failed", "cancelled"})
+                                 "succeeded", "failed", "cancelled", "output"})
 
 
 def progress_element(percent: float, message: Optional[str], data: Any) -> Dict[str, Any]:
@@ -62,6 +65,7 @@ class _ContextBase:
         worker_id: str,
         is_cancelled: Callable[[], bool],
         record: Callable[[Dict[str, Any]], Coroutine[Any, Any, None]],
+        output: AttemptOutput,
     ) -> None:
         #: The job's id, as the API shows it.
         self.job_id: str = str(job["id"])
@@ -75,12 +79,31 @@ class _ContextBase:
         self.worker_id = worker_id
         self._is_cancelled = is_cancelled
         self._record = record
+        self._output = output
 
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled, its attempt lost its lease or timed out, or the
         worker is stopping for good: stop soon; nothing more will be recorded."""
         return self._is_cancelled()
+
+    def append(self, text: str, stream: str = "output") -> None:
+        """Appends ``text`` to the output stream ``stream`` of this attempt (an LLM's
+        tokens, a build's log lines) and returns at once: not awaited, never blocks.
+
+        The worker coalesces appends into ``output`` events (at least every flush window,
+        25 ms by default; at once when a stream holds 16 KiB; and before the attempt's
+        outcome). Stream names: ``^[a-z][a-z0-9_.-]{0,31}$`` (ValueError otherwise). A NUL
+        becomes U+FFFD. Raises :class:`Cancelled` once the job was cancelled or the attempt
+        lost its lease (stop then), and :class:`OutputLimitExceeded` for the append that
+        would pass the worker's ``max_output_bytes``: the attempt then fails, not retried.
+        """
+        self._output.append(text, stream)
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes this attempt appended so far, across its output streams."""
+        return self._output.total_bytes
 
 
 class AsyncContext(_ContextBase):
@@ -95,6 +118,12 @@ class AsyncContext(_ContextBase):
     async def emit(self, event_type: str, data: Any = None) -> None:
         """Records a custom event (``^[a-z][a-z0-9_.-]{0,63}$``, not a built-in type)."""
         await self._record(custom_element(event_type, data))
+
+    async def flush(self) -> None:
+        """Writes the text appended so far now and returns once it is committed (seldom
+        needed: appends are flushed within the flush window anyway). Raises
+        :class:`Cancelled` when the write was refused."""
+        await self._output.flushed()
 
 
 class Context(_ContextBase):
@@ -116,3 +145,7 @@ class Context(_ContextBase):
     def emit(self, event_type: str, data: Any = None) -> None:
         """See :meth:`AsyncContext.emit`; blocks until committed."""
         self._record_blocking(custom_element(event_type, data))
+
+    def flush(self) -> None:
+        """See :meth:`AsyncContext.flush`; blocks until committed."""
+        asyncio.run_coroutine_threadsafe(self._output.flushed(), self._loop).result()

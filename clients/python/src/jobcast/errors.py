@@ -52,6 +52,16 @@ class Fatal(JobcastError):
         self.message = message
 
 
+class OutputLimitExceeded(Fatal):
+    """Raised by ``ctx.append`` when the text would take the attempt's output past the
+    worker's ``max_output_bytes``: the attempt fails without retry (the text appended
+    before stays), whether or not the handler lets this propagate."""
+
+    def __init__(self, message: str, max_output_bytes: int) -> None:
+        super().__init__(message)
+        self.max_output_bytes = max_output_bytes
+
+
 class WriteFailed(JobcastError):
     """PostgreSQL refused a write itself (not fencing): e.g. a NUL character in JSON text.
 

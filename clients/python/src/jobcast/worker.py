@@ -25,8 +25,10 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import psycopg
@@ -34,9 +36,10 @@ from psycopg.rows import dict_row
 
 from . import _duties
 from ._db import Connector
+from ._output import DEFAULT_FLUSH_MS, DEFAULT_MAX_OUTPUT_BYTES, AttemptOutput
 from ._writer import CompleteOp, EventOp, FailOp, ReleaseOp, Writer
 from .context import AsyncContext, Context
-from .errors import Cancelled, Fatal, Retry, WriteFailed
+from .errors import Cancelled, Fatal, OutputLimitExceeded, Retry, WriteFailed
 
 log = logging.getLogger("jobcast.worker")
 
@@ -63,6 +66,29 @@ def retry_delay_ms(base_ms: int, attempt: int) -> int:
     return int(min(nominal * random.uniform(0.8, 1.2), MAX_BACKOFF_MS))
 
 
+#: Longest traceback kept in a job's error (its end, where the exception was raised).
+MAX_TRACEBACK_CHARS = 16 * 1024
+
+
+def exception_error(error: BaseException) -> Dict[str, Any]:
+    """A job's ``error`` for an exception a handler raised: ``message``, ``exception`` (the
+    class name) and ``traceback`` (as Python prints it, its last 16 KiB when longer)."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "Traceback (most recent call last):\n  …\n" + text[-MAX_TRACEBACK_CHARS:]
+    return {"message": str(error) or type(error).__name__,
+            "exception": type(error).__name__, "traceback": text}
+
+
+def _say(message: str, *args: Any) -> None:
+    """Logs at INFO; to stderr as well when the program configured no logging at all (a
+    worker that starts in silence looks like one that hangs)."""
+    if log.hasHandlers():
+        log.info(message, *args)
+    else:
+        print("jobcast: " + (message % args), file=sys.stderr, flush=True)
+
+
 def default_worker_id() -> str:
     """``host:pid:xxxx``, like the Rust worker's."""
     return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(16):04x}"
@@ -79,10 +105,12 @@ class _Attempt:
         self.cancelled = False  # cancelled in the database, lease lost, or write refused
         self.timed_out = False
         self.stopped = False  # the worker's grace period is over: hand it back
+        self.failure: Optional[Fatal] = None  # failed by the worker (the output limit …)
+        self.output: Optional[AttemptOutput] = None
 
     @property
     def must_stop(self) -> bool:
-        return self.cancelled or self.timed_out or self.stopped
+        return self.cancelled or self.timed_out or self.stopped or self.failure is not None
 
     def interrupt(self) -> None:
         if self.task is not None and not self.task.done():
@@ -103,6 +131,8 @@ class Worker:
         grace_secs: float = 30.0,
         retention_days: float = 7.0,
         worker_id: Optional[str] = None,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        output_flush_ms: float = DEFAULT_FLUSH_MS,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
@@ -110,6 +140,10 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if lease_secs <= 0:
             raise ValueError("lease_secs must be positive")
+        if max_output_bytes < 1:
+            raise ValueError("max_output_bytes must be at least 1")
+        if output_flush_ms < 0:
+            raise ValueError("output_flush_ms must not be negative")
         self.database_url = database_url
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -118,6 +152,10 @@ class Worker:
         self.grace_secs = float(grace_secs)
         self.retention_days = float(retention_days)
         self.worker_id = worker_id or default_worker_id()
+        #: Bytes one attempt may append across its output streams (API.md: 64 MiB).
+        self.max_output_bytes = int(max_output_bytes)
+        #: Longest time appended text waits before it is written.
+        self.output_flush_ms = float(output_flush_ms)
         self._handlers: Dict[str, Handler] = {}
         self._running: Dict[int, _Attempt] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -195,8 +233,8 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._request_stop)
         self._writer.start()
-        log.info("worker started: id=%s queues=%s kinds=%s concurrency=%d", self.worker_id,
-                 self.queues, self.kinds, self.concurrency)
+        _say("worker started: id=%s queues=%s kinds=%s concurrency=%d", self.worker_id,
+             ",".join(self.queues), ",".join(self.kinds), self.concurrency)
         url = self.database_url
         background = [asyncio.ensure_future(f) for f in (
             _duties.listen(url, self.queues, self._wake, self._cancel),
@@ -217,7 +255,7 @@ class Worker:
             if install_signal_handlers and threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
-            log.info("worker stopped")
+            _say("worker stopped")
 
     async def _drain(self) -> None:
         log.info("draining: %d running, grace %.1f s", len(self._tasks), self.grace_secs)
@@ -371,7 +409,20 @@ class Worker:
                 raise Cancelled("the write was refused: the job was cancelled or this "
                                 "attempt lost its lease")
 
-        base = (job, self.worker_id, lambda: attempt.must_stop, record)
+        def refused() -> None:  # an output write was fenced out: stop, as for events
+            attempt.cancelled = True
+            attempt.interrupt()
+
+        def failed(error: Fatal) -> None:  # past max_output_bytes, or refused by PostgreSQL
+            if attempt.failure is None:
+                attempt.failure = error
+            attempt.interrupt()
+
+        attempt.output = AttemptOutput(
+            self._loop, attempt.job_id, attempt.attempt, flush_ms=self.output_flush_ms,
+            max_bytes=self.max_output_bytes, enqueue=self._writer.enqueue,
+            must_stop=lambda: attempt.must_stop, refused=refused, failed=failed)
+        base = (job, self.worker_id, lambda: attempt.must_stop, record, attempt.output)
         if inspect.iscoroutinefunction(handler):
             attempt.task = asyncio.ensure_future(handler(AsyncContext(*base), job["args"]))
         else:
@@ -400,6 +451,8 @@ class Worker:
             return "timeout", attempt.job["timeout_secs"]
         if attempt.cancelled:
             return "cancelled", None
+        if attempt.failure is not None:
+            return "error", attempt.failure
         if outcome is None:
             return "error", Fatal("the handler gave up (it was cancelled by itself)")
         return outcome
@@ -418,6 +471,10 @@ class Worker:
                 delay_ms = retry_delay_ms(self.retry_base_ms, number)
             return FailOp(job_id, number, error, retryable, delay_ms)
 
+        if attempt.output is not None:
+            # The text appended before the handler ended is queued before the outcome, so it
+            # is committed with it or before it (the writer keeps the order of its queue).
+            attempt.output.close(flush=what != "cancelled")
         if what == "cancelled":
             return  # cancelled in the database or the lease was lost: nothing to record
         if what == "ok":
@@ -430,6 +487,9 @@ class Worker:
             op = failure({"message": f"timed out after {value} s", "timeout": True}, True)
         elif what == "stopped":
             op = ReleaseOp(job_id, number)
+        elif isinstance(value, OutputLimitExceeded):
+            op = failure({"message": value.message, "fatal": True,
+                          "max_output_bytes": value.max_output_bytes}, False)
         elif isinstance(value, Fatal):
             op = failure({"message": value.message, "fatal": True}, False)
         elif isinstance(value, Retry):
@@ -438,9 +498,9 @@ class Worker:
         elif isinstance(value, Cancelled):
             return  # the handler let a refused write's Cancelled propagate
         else:
-            log.warning("job %s attempt %d failed: %r", job_id, number, value)
-            op = failure({"message": str(value) or type(value).__name__,
-                          "exception": type(value).__name__}, True)
+            log.warning("job %s attempt %d failed: %r", job_id, number, value,
+                        exc_info=(type(value), value, value.__traceback__))
+            op = failure(exception_error(value), True)
         try:
             recorded = await self._writer.submit(op)
         except WriteFailed as e:
