@@ -405,13 +405,13 @@ begin
          using unnest(ids, attempts, results) as i(id, attempt, result)
          where r.id = i.id and r.id = any(ids) and r.attempt = i.attempt
            and r.worker = p_worker
-        returning r.id, i.result
+        returning r.id, r.attempt, i.result
     ), done as (
         update jobcast.jobs j
            set status = 'succeeded', result = e.result, finished_at = now(), updated_at = now(),
                lease_until = null, worker = null, last_seq = j.last_seq + 1
           from ended e
-         where j.id = e.id
+         where j.id = e.id and j.status = 'running' and j.attempt = e.attempt
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.result
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
@@ -452,8 +452,13 @@ begin
                               then null else now() end,
            error = p_error, lease_until = null, worker = null, updated_at = now(),
            last_seq = last_seq + 1
-     where id = p_job_id
+     where id = p_job_id and status = 'running' and attempt = p_attempt
     returning * into j;
+    if j.id is null then
+        -- A stale running row (left by a process of an older release during an upgrade):
+        -- removed above, and the job, no longer running that attempt, is left alone.
+        return;
+    end if;
     if j.status = 'queued' then
         insert into jobcast.queued (id, queue, kind, priority, run_at)
         values (j.id, j.queue, j.kind, j.priority, j.run_at);
@@ -505,7 +510,7 @@ begin
                error = i.error, lease_until = null, worker = null, updated_at = now(),
                last_seq = j.last_seq + 1
           from ended i
-         where j.id = i.id
+         where j.id = i.id and j.status = 'running' and j.attempt = i.attempt
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.error, j.priority,
                   j.run_at
     ), relisted as (
@@ -613,18 +618,27 @@ language plpgsql stable as $$
 declare
     next_run_at timestamptz;
     kinds text[];
+    active text[];
 begin
     -- The claim index is ordered by priority before run_at, so the earliest run_at is
     -- the least of each priority's first entry: walk the distinct priorities (a loose index
     -- scan, one probe per priority in use, usually one or two) per queue and kind.
     -- Any kind (null): the kinds queued now.
-    kinds := coalesce(p_kinds, jobcast.queued_kinds(p_queues));
+    -- A paused queue's jobs are not due for anyone (claim_jobs skips them): an idle worker
+    -- answered 0 here would claim in a loop, finding nothing.
+    select array_agg(u.name) into active
+      from unnest(p_queues) as u(name)
+     where not exists (select 1 from jobcast.queues p where p.name = u.name and p.paused);
+    if active is null then
+        return null;
+    end if;
+    kinds := coalesce(p_kinds, jobcast.queued_kinds(active));
     with recursive walk(queue, kind, priority) as (
         select q.name, k.name,
                (select j.priority from jobcast.queued j
                  where j.queue = q.name and j.kind = k.name
                  order by j.priority desc limit 1)
-          from unnest(p_queues) as q(name) cross join unnest(kinds) as k(name)
+          from unnest(active) as q(name) cross join unnest(kinds) as k(name)
         union all
         select w.queue, w.kind,
                (select j.priority from jobcast.queued j
@@ -657,14 +671,28 @@ declare
 begin
     -- Unlisted first (a claim in flight holds the queued row: wait for it, then the job is
     -- running and its running row is there).
-    delete from jobcast.queued where id = p_job_id;
-    if not found then
+    -- A transition racing this cancel (a retryable failure relisting the job, a release,
+    -- a reclaim, a claim) may move the job from one list to the other while we look: the
+    -- delete from queued cannot see a row inserted by a transaction still in flight, and
+    -- the delete from running then waits for that transaction and finds its row gone. So
+    -- look again until the job is found in a list or is seen terminal: a cancel wins or
+    -- sees the final state, never neither.
+    for attempt in 1..20 loop
+        delete from jobcast.queued where id = p_job_id;
+        exit when found;
         delete from jobcast.running where id = p_job_id;
-        if not found then
+        if found then
+            was_running := true;
+            exit;
+        end if;
+        if not exists (select 1 from jobcast.jobs
+                        where id = p_job_id and status in ('queued', 'running')) then
             return;
         end if;
-        was_running := true;
-    end if;
+        if attempt = 20 then
+            return;
+        end if;
+    end loop;
     update jobcast.jobs
        set status = 'cancelled', finished_at = now(), updated_at = now(), lease_until = null,
            worker = null, last_seq = last_seq + 1
@@ -712,13 +740,13 @@ language sql as $$
          using unnest(p_job_ids, p_attempts) as u(id, attempt)
          where r.id = u.id and r.id = any(p_job_ids) and r.attempt = u.attempt
            and r.worker = p_worker
-        returning r.id
+        returning r.id, r.attempt
     ), released as (
         update jobcast.jobs j
            set status = 'queued', attempt = j.attempt - 1, lease_until = null, worker = null,
                run_at = now(), updated_at = now(), last_seq = j.last_seq + 1
           from ended e
-         where j.id = e.id
+         where j.id = e.id and j.status = 'running' and j.attempt = e.attempt
         returning j.*
     ), relisted as (
         insert into jobcast.queued (id, queue, kind, priority, run_at)
@@ -1142,4 +1170,51 @@ language sql stable as $$
       from jobcast.stream_counts c
       join jobcast.stream_pods p on p.id = c.pod
      where c.job_id = p_job_id and p.last_seen > now() - interval '10 seconds'
+$$;
+
+-- Repairs the invariants between jobs and its lists (a queued job has a jobcast.queued row,
+-- a running attempt a jobcast.running row, and no list row outlives its state). Every
+-- function here keeps them; `jobcast migrate` runs this once after an upgrade, when calls of
+-- an older release's function bodies that were in flight as it committed have ended (they
+-- finish the old way). Returns how many rows were listed and unlisted.
+create or replace function jobcast.repair_lists(out listed bigint, out unlisted bigint)
+language plpgsql as $$
+declare
+    n bigint;
+begin
+    listed := 0;
+    unlisted := 0;
+    with missing as (
+        select j.id, j.queue, j.kind, j.priority, j.run_at from jobcast.jobs j
+         where j.status = 'queued'
+           and not exists (select 1 from jobcast.queued q where q.id = j.id)
+           for update of j
+    )
+    insert into jobcast.queued (id, queue, kind, priority, run_at)
+    select m.id, m.queue, m.kind, m.priority, m.run_at from missing m
+    on conflict (id) do nothing;
+    get diagnostics n = row_count;
+    listed := listed + n;
+    with missing as (
+        select j.id, j.queue, j.attempt, j.worker, j.lease_until from jobcast.jobs j
+         where j.status = 'running'
+           and not exists (select 1 from jobcast.running r where r.id = j.id)
+           for update of j
+    )
+    insert into jobcast.running (id, queue, attempt, worker, lease_until)
+    select m.id, m.queue, m.attempt, coalesce(m.worker, 'unknown'),
+           coalesce(m.lease_until, now()) from missing m
+    on conflict (id) do nothing;
+    get diagnostics n = row_count;
+    listed := listed + n;
+    delete from jobcast.queued q
+     where not exists (select 1 from jobcast.jobs j where j.id = q.id and j.status = 'queued');
+    get diagnostics n = row_count;
+    unlisted := unlisted + n;
+    delete from jobcast.running r
+     where not exists (select 1 from jobcast.jobs j
+                        where j.id = r.id and j.status = 'running' and j.attempt = r.attempt);
+    get diagnostics n = row_count;
+    unlisted := unlisted + n;
+end
 $$;

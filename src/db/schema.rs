@@ -37,7 +37,7 @@ impl SchemaState {
 pub async fn state(client: &tokio_postgres::Client) -> Result<SchemaState> {
     let exists: bool = client
         .query_typed_one(
-            "select to_regclass('jobcast_schema_history') is not null",
+            "select to_regclass('public.jobcast_schema_history') is not null",
             &[],
         )
         .await?
@@ -45,7 +45,7 @@ pub async fn state(client: &tokio_postgres::Client) -> Result<SchemaState> {
     let found = if exists {
         client
             .query_typed_one(
-                "select coalesce(max(version), 0)::int8 from jobcast_schema_history",
+                "select coalesce(max(version), 0)::int8 from public.jobcast_schema_history",
                 &[],
             )
             .await?

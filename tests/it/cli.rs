@@ -145,7 +145,7 @@ async fn migrate_is_safe_from_several_processes_at_once() {
     let db = TestDb::new().await;
     let client = db.client().await;
     client
-        .batch_execute("drop schema jobcast cascade; drop table jobcast_schema_history")
+        .batch_execute("drop schema jobcast cascade; drop table public.jobcast_schema_history")
         .await
         .unwrap();
     let url = db.url.clone();

@@ -33,6 +33,7 @@ mod shutdown;
 mod slow_clients;
 mod streaming;
 mod tls;
+mod upgrade;
 mod usability;
 mod validation;
 mod web_failover;

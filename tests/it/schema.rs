@@ -137,7 +137,7 @@ async fn readyz_is_503_while_the_schema_is_behind() {
     let client = db.client().await;
     let newest = client
         .query_one(
-            "delete from jobcast_schema_history where version = (select max(version) from jobcast_schema_history) returning version, name, applied_on, checksum",
+            "delete from public.jobcast_schema_history where version = (select max(version) from public.jobcast_schema_history) returning version, name, applied_on, checksum",
             &[],
         )
         .await
@@ -151,7 +151,7 @@ async fn readyz_is_503_while_the_schema_is_behind() {
     let checksum: String = newest.get(3);
     client
         .execute(
-            "insert into jobcast_schema_history (version, name, applied_on, checksum) values ($1, $2, $3, $4)",
+            "insert into public.jobcast_schema_history (version, name, applied_on, checksum) values ($1, $2, $3, $4)",
             &[&version, &name, &applied_on, &checksum],
         )
         .await
