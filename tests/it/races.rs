@@ -602,3 +602,117 @@ async fn progress_racing_a_reclaim_keeps_the_firehose_in_seq_order() {
     );
     assert_eq!(accepted, 0, "progress of an attempt taken back is refused");
 }
+
+/// A cancel racing a retryable failure (issue 22): the failure's transaction relists the
+/// job in `jobcast.queued` while the cancel looks. The cancel's delete from `queued` could
+/// not see the uncommitted row, its delete from `running` waited for the failure and found
+/// nothing, and the API answered 409 "already queued" without cancelling. The cancel must
+/// win or see the final state, never neither.
+#[tokio::test]
+async fn a_cancel_racing_a_retryable_failure_cancels_the_job() {
+    let db = TestDb::new().await;
+    let failing = db.client().await;
+    let cancelling = db.client().await;
+    let id: i64 = failing
+        .query_one(
+            "select (jobcast.enqueue_job('{\"kind\": \"demo.echo\"}'::jsonb)).job.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let claimed = failing
+        .query(
+            "select id from jobcast.claim_jobs(array['default'], null, 'w1', 1, 30)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    failing.batch_execute("begin").await.unwrap();
+    let failure = serde_json::json!([{"job_id": id, "attempt": 1, "error": {"message": "boom"},
+                                      "retryable": true, "retry_delay_ms": 60000}]);
+    let failed = failing
+        .query("select job_id from jobcast.fail_jobs('w1', $1)", &[&failure])
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "the failure is recorded (not yet committed)");
+    let cancel = tokio::spawn(async move {
+        cancelling
+            .query("select id, status::text from jobcast.cancel_job($1)", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(1))
+            .collect::<Vec<_>>()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cancel.is_finished(), "the cancel waits for the failure");
+    failing.batch_execute("commit").await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, vec!["cancelled".to_string()], "the cancel won");
+    let client = db.client().await;
+    let status: String = client
+        .query_one("select status::text from jobcast.jobs where id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "cancelled");
+    assert_eq!(listed_rows(&client).await, (0, 0), "nothing left listed");
+}
+
+/// A paused queue with a due job (issue 22): `next_due_in` answered 0 for it while
+/// `claim_jobs` skipped it, so an idle worker claimed every 20 ms (83-92 transactions a
+/// second). Pauses are part of "when is the next job due".
+#[tokio::test]
+async fn a_paused_queue_does_not_make_an_idle_worker_spin() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "select jobcast.enqueue_job('{\"kind\": \"demo.echo\", \"queue\": \"held\"}'::jsonb);
+             select jobcast.set_queue_paused('held', true);",
+        )
+        .await
+        .unwrap();
+    let due: Option<f64> = client
+        .query_one(
+            "select jobcast.next_due_in(array['held'], null)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(due, None, "nothing is due in a paused queue");
+    let _work = Proc::work(&db.url, &["--queues", "held"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commits = || async {
+        let c: i64 = client
+            .query_one(
+                "select xact_commit from pg_stat_database where datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        c
+    };
+    // pg_stat counters are flushed by each backend at most once a second.
+    let before = commits().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = commits().await;
+    let per_second = (after - before) as f64 / 4.0;
+    assert!(
+        per_second < 20.0,
+        "an idle worker on a paused queue commits {per_second:.1} transactions/s"
+    );
+    let status: String = client
+        .query_one("select status::text from jobcast.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "queued", "the paused job stays queued");
+}
