@@ -2,7 +2,16 @@
 workers over the SQL protocol (:class:`Worker`), and :func:`enqueue` inside your own
 PostgreSQL transaction. See docs/protocol.md for the protocol underneath."""
 
-from .client import TERMINAL_EVENTS, AsyncClient, Client, Event, Job, job_spec
+from ._models import (
+    TERMINAL_EVENTS,
+    Event,
+    Job,
+    JobPage,
+    Schedule,
+    StreamToken,
+    job_spec,
+)
+from .client import AsyncClient, Client
 from .context import AsyncContext, Context
 from .enqueue import enqueue, enqueue_async
 from .errors import (
@@ -27,9 +36,12 @@ __all__ = [
     "Event",
     "Fatal",
     "Job",
+    "JobPage",
     "JobcastError",
     "OutputLimitExceeded",
     "Retry",
+    "Schedule",
+    "StreamToken",
     "TERMINAL_EVENTS",
     "TransportError",
     "Worker",
