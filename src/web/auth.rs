@@ -337,7 +337,10 @@ pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let path = req.path();
+    // The path the router matches (percent-decoded), not the raw one: `/%76%31/events`
+    // is routed to the firehose and must take a stream slot like `/v1/events`.
+    let path = req.match_info().as_str().to_owned();
+    let path = path.as_str();
     let Some(state) = req.app_data::<web::Data<WebState>>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };

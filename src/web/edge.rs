@@ -63,13 +63,20 @@ fn refuse(req: &ServiceRequest) -> Result<(), ApiError> {
     if !safe {
         check_origin(req)?;
     }
-    if req.method() == Method::POST {
+    if req.method() == Method::POST
+        && (has_body(req) || req.headers().contains_key(header::CONTENT_TYPE))
+    {
         check_json(req)?;
     }
     if req.method() == Method::GET {
-        if req.path() == "/v1/events" {
-            check_stream(req, &["queue", "kind", "last_event_id", "token"])?;
-        } else if is_job_stream(req.path()) {
+        // The path the router matches (percent-decoded), not the raw one.
+        let path = req.match_info().as_str();
+        if path == "/v1/events" {
+            check_stream(
+                req,
+                &["queue", "kind", "last_event_id", "token", "tag", "output"],
+            )?;
+        } else if is_job_stream(path) {
             check_stream(req, &["last_event_id", "token"])?;
         }
     }
@@ -100,8 +107,21 @@ fn check_origin(req: &ServiceRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Every POST is JSON, even one without a body: a form or `text/plain` POST is what a
-/// foreign page can send without asking.
+/// Whether a request carries a body: a POST without one (cancel, retry, pause, resume)
+/// needs no `Content-Type` (`curl -XPOST …/cancel`); a foreign page is stopped by the
+/// `Origin` check, not by the content type.
+fn has_body(req: &ServiceRequest) -> bool {
+    let headers = req.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// Every POST with a body is JSON: a form or `text/plain` POST is what a foreign page can
+/// send without asking.
 fn check_json(req: &ServiceRequest) -> Result<(), ApiError> {
     let content_type = req
         .headers()

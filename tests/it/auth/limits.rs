@@ -101,3 +101,37 @@ async fn stream_limits_per_tenant_and_per_process_are_hit_and_recovered() {
     .await;
     assert_eq!(job.status, 202);
 }
+
+/// A percent-encoded path is routed like the plain one, so it takes a stream slot like it
+/// (issue 22): `/%76%31/events` and `/v1/jobs/ID/%65vents` opened streams that were never
+/// counted, past `--max-streams-per-tenant`.
+#[tokio::test]
+async fn percent_encoded_stream_paths_take_a_slot_too() {
+    let db = TestDb::new().await;
+    let keys = two_tenants();
+    let serve = keyed_serve(&db, &keys, SECRET, &["--max-streams-per-tenant", "2"]);
+    let job = call(
+        "POST",
+        &format!("{}/v1/jobs", serve.url()),
+        Some(ACME_KEY),
+        Some(json!({"kind": "demo.steps", "args": {"steps": 50, "step_ms": 1000}})),
+    )
+    .await;
+    let id = job.body["id"].as_str().unwrap().to_owned();
+    let (status, _a) = open_stream(&format!("{}/%76%31/events", serve.url()), Some(ACME_KEY)).await;
+    assert_eq!(status, 200);
+    let (status, _b) = open_stream(
+        &format!("{}/v1/jobs/{id}/%65vents", serve.url()),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let over = call(
+        "GET",
+        &format!("{}/v1/%65vents", serve.url()),
+        Some(ACME_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(over.status, 429, "the third stream of the tenant: {}", over.body);
+}
