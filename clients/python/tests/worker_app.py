@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from jobcast import Cancelled, Fatal, Retry, Worker
+from jobcast import Cancelled, Fatal, OutputLimitExceeded, Retry, Worker
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 env = os.environ
@@ -21,6 +21,8 @@ worker = Worker(
     lease_secs=float(env.get("APP_LEASE_SECS", "30")),
     retry_base_ms=int(env.get("APP_RETRY_BASE_MS", "50")),
     grace_secs=float(env.get("APP_GRACE_SECS", "5")),
+    max_output_bytes=int(env.get("APP_MAX_OUTPUT_BYTES", str(64 << 20))),
+    output_flush_ms=float(env.get("APP_OUTPUT_FLUSH_MS", "25")),
 )
 
 
@@ -102,6 +104,80 @@ def fence(ctx, args):
         mark(f"{ctx.job_id}.refused", str(ctx.attempt))
         raise
     return {"attempt": ctx.attempt}
+
+
+@worker.handler("py.tokens")
+async def tokens(ctx, args):
+    """Streams tokens as an LLM would; args: tokens, token_ms, stream, text (a token's
+    text, {i} replaced), log (also a line per token on the stream "log")."""
+    count = args.get("tokens", 10)
+    try:
+        for i in range(1, count + 1):
+            ctx.append(args.get("text", "tok{i} ").replace("{i}", str(i)),
+                       stream=args.get("stream", "output"))
+            if args.get("log"):
+                ctx.append(f"token {i}\n", stream="log")
+            if args.get("token_ms"):
+                await asyncio.sleep(args["token_ms"] / 1000)
+    except (Cancelled, asyncio.CancelledError) as e:
+        mark(f"{ctx.job_id}.stopped", type(e).__name__)
+        raise
+    return {"tokens": count, "bytes": ctx.output_bytes}
+
+
+@worker.handler("py.sync_tokens")
+def sync_tokens(ctx, args):
+    count = args.get("tokens", 10)
+    for i in range(1, count + 1):
+        ctx.append(f"tok{i} ")
+        if args.get("token_ms"):
+            time.sleep(args["token_ms"] / 1000)
+    ctx.progress(100, "done")
+    return {"tokens": count}
+
+
+@worker.handler("py.append_then_wait")
+async def append_then_wait(ctx, args):
+    """Appends once, then works on for a while: the text must be out before it ends."""
+    ctx.append("early text")
+    await asyncio.sleep(args.get("wait_ms", 2000) / 1000)
+    return {"done": True}
+
+
+@worker.handler("py.output_attempts")
+async def output_attempts(ctx, args):
+    ctx.append(f"attempt {ctx.attempt} ")
+    ctx.append("é€😀 ")
+    if ctx.attempt == 1:
+        raise ValueError("first attempt fails after its output")
+    return {"attempt": ctx.attempt}
+
+
+@worker.handler("py.output_limit")
+async def output_limit(ctx, args):
+    """Appends 100-byte pieces until the worker's max_output_bytes refuses one."""
+    try:
+        for i in range(100000):
+            ctx.append(f"{i:099d}\n")
+    except OutputLimitExceeded as e:
+        mark(f"{ctx.job_id}.limit", str(e))
+        if args.get("swallow"):
+            return {"swallowed": True}
+        raise
+    return {"never": "reached"}
+
+
+@worker.handler("py.output_checks")
+async def output_checks(ctx, args):
+    """What ctx.append refuses, and text it rewrites."""
+    refused = []
+    for name in ("Bad", "", "x" * 33, "has space"):
+        try:
+            ctx.append("text", stream=name)
+        except ValueError:
+            refused.append(name)
+    ctx.append("nul:\x00:end", stream="raw.text-1")
+    return {"refused": refused}
 
 
 if env.get("APP_MIXED"):

@@ -404,6 +404,10 @@ class Worker:
         async def record(element: Dict[str, Any]) -> None:
             if attempt.must_stop:
                 raise Cancelled("the job was cancelled or this attempt lost its lease")
+            if attempt.output is not None:
+                # Text appended before this event goes before it: a job's events are in the
+                # order its handler made them.
+                attempt.output.flush()
             if not await self._writer.submit(EventOp(attempt.job_id, attempt.attempt, element)):
                 attempt.cancelled = True
                 raise Cancelled("the write was refused: the job was cancelled or this "
