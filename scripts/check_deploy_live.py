@@ -10,6 +10,11 @@ first day in production hits:
 - the access log holds no `token=` (nor the token);
 - /metrics and /openapi.json are not served through nginx (but are by the pods).
 
+The `serve` processes start as deploy/compose.yaml starts them: its entrypoint (which reads
+the token secret from the secret file) and environment, with /run/secrets/NAME mapped to
+files here, and the listen address and DATABASE_URL of this check (PyYAML needed for that;
+without it they start with plain flags, saying so).
+
 Run by scripts/check-deploy. Needs DATABASE_URL (it makes, and drops, a database of its own
 there), nginx (scripts/setup-proxies) and the binary (JOBCAST_BIN, default
 target/debug/jobcast); without one of them it says SKIPPED and why, and exits 0."""
@@ -122,6 +127,37 @@ def database_of_its_own(url):
     return urllib.parse.urlunsplit(parts._replace(path=f"/{name}")), drop
 
 
+def compose_serve(name, binary, scratch, env, secret_files):
+    """(argv, env) of compose's `name` service, run here: its entrypoint and command, its
+    environment but DATABASE_URL, with /run/secrets/NAME read from secret_files[NAME] and
+    `jobcast` on PATH being `binary`."""
+    try:
+        import yaml
+    except ImportError:
+        say("no PyYAML: serve starts with plain flags, not compose's entrypoint and environment")
+        return [str(binary), "serve"], dict(env, JOBCAST_API_KEYS_FILE=str(secret_files["jobcast_api_keys"]),
+                                            JOBCAST_TOKEN_SECRET=secret_files["jobcast_token_secret"].read_text().strip())
+    service = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"][name]
+
+    def local(text):
+        text = str(text).replace("$$", "$")
+        for secret, path in secret_files.items():
+            text = text.replace(f"/run/secrets/{secret}", str(path))
+        if "/run/secrets/" in text:
+            raise RuntimeError(f"compose {name}: {text!r} names a secret this check does not provide")
+        return text
+
+    argv = [local(a) for a in (service.get("entrypoint") or ["jobcast"]) + service.get("command", [])]
+    bin_dir = scratch / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "jobcast").exists():
+        (bin_dir / "jobcast").symlink_to(binary)
+    if argv[0] == "jobcast":
+        argv[0] = str(bin_dir / "jobcast")
+    compose_env = {k: local(v) for k, v in (service.get("environment") or {}).items() if k != "DATABASE_URL"}
+    return argv, dict(env, **compose_env, PATH=f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}")
+
+
 def nginx_config(shipped, scratch, port, pods):
     """deploy/nginx.conf with its upstreams replaced by `pods`, listening on `port`, its paths
     inside `scratch`; every other byte as shipped."""
@@ -170,10 +206,13 @@ def main():
         env.update(DATABASE_URL=db_url, RUST_LOG="warn")
         subprocess.run([str(binary), "migrate"], env=env, check=True, capture_output=True, timeout=60)
 
-        serve_env = dict(env, JOBCAST_API_KEYS_FILE=str(keys_file), JOBCAST_TOKEN_SECRET=secrets.token_hex(32))
+        secret_file = scratch / "token-secret"
+        secret_file.write_text(secrets.token_hex(32) + "\n")
         pods = [free_port() for _ in range(2)]
         for i, pod in enumerate(pods, 1):
-            start(f"serve-{i}", [str(binary), "serve"], dict(serve_env, JOBCAST_LISTEN=f"127.0.0.1:{pod}"), scratch)
+            argv, serve_env = compose_serve(f"serve-{i}", binary, scratch, env,
+                                            {"jobcast_api_keys": keys_file, "jobcast_token_secret": secret_file})
+            start(f"serve-{i}", argv, dict(serve_env, JOBCAST_LISTEN=f"127.0.0.1:{pod}"), scratch)
         work = [str(binary), "work", "--exec", "deploy.check=true"]
         help_text = subprocess.run([str(binary), "work", "--help"], capture_output=True, text=True).stdout
         if "--no-demo-handlers" in help_text:
@@ -194,7 +233,8 @@ def main():
         start("nginx", [nginx, "-p", str(scratch), "-c", str(config), "-e", str(scratch / "error.log"),
                         "-g", directives], env, scratch)
         wait_for(f"nginx on :{port}", lambda: request(port, "GET", "/healthz", timeout=2)[0] == 200)
-        say(f"nginx {port} -> serve {pods[0]}, {pods[1]} (deploy/nginx.conf as shipped but for upstreams, port, paths)")
+        say(f"nginx :{port} (deploy/nginx.conf as shipped but for upstreams, port, paths) -> "
+            f"serve :{pods[0]}, :{pods[1]} ({'compose' if argv[0] != str(binary) else 'plain'} entrypoint and environment)")
 
         origin = f"http://127.0.0.1:{port}"
         api = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -230,7 +270,8 @@ def main():
             for attempt in range(6):
                 status, headers, body = request(port, "GET", events,
                                                 {"Accept": "text/event-stream", "Accept-Encoding": "gzip"})
-                check(status == 200, f"links.events through nginx (attempt {attempt + 1}): {status} {body[:200]!r}")
+                if not check(status == 200, f"links.events through nginx (attempt {attempt + 1}): {status} {body[:200]!r}"):
+                    continue
                 check(headers.get("content-type", "").startswith("text/event-stream")
                       and headers.get("content-encoding", "identity") == "identity",
                       f"the stream through nginx is an uncompressed event stream: {headers}")
