@@ -284,7 +284,7 @@ def main():
             check(token and token not in access, "the access log holds no stream token")
 
         # Not public through nginx, but there on each pod (for a scraper on the private network).
-        for path in ("/metrics", "/openapi.json", "//metrics", "/metrics?format=text", "/openapi.json?x=1", "/%6Detrics"):
+        for path in ("/metrics", "/openapi.json", "//metrics", "/metrics/", "/metrics?format=text", "/openapi.json?x=1", "/%6Detrics"):
             status, _, _ = request(port, "GET", path)
             check(status != 200, f"GET {path} through nginx: {status}, expected it not served")
         for pod in pods:
