@@ -39,6 +39,10 @@ pub const EXEC_ENV: &str = "JOBCAST_EXEC";
 pub const MAX_PENDING_EVENTS: usize = 512;
 /// The longest stdout line read as a message; longer lines are logged as cut and skipped.
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Bytes of one attempt's lines queued but not yet answered by the writer, in KiB: with
+/// [`MAX_PENDING_EVENTS`] lines of [`MAX_MESSAGE_BYTES`] an attempt could hold 4 GiB in
+/// the worker (issue 22). Reading a line needs room for the longest line first.
+const MAX_PENDING_KIB: u32 = 64 << 10;
 /// After the direct child exited: how long its group may keep stdout open.
 const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(11);
 
@@ -208,6 +212,7 @@ impl Attempt {
             job_id.to_string(),
         )));
         let (pending, answers) = mpsc::channel(MAX_PENDING_EVENTS);
+        let budget = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_KIB as usize));
         let not_accepted = CancellationToken::new();
         let confirmer = AbortOnDrop(tokio::spawn(confirm(answers, not_accepted.clone())));
         let mut stdout = child
@@ -233,13 +238,16 @@ impl Attempt {
                 }
             };
             tokio::select! {
-                read = next_with_permit(&pending, stdout.as_mut()), if stdout.is_some() => match read {
-                    Some((permit, Some((piece, ends_line)))) => {
+                read = next_with_permit(&pending, &budget, stdout.as_mut()), if stdout.is_some() => match read {
+                    Some((permit, mut room, Some((piece, ends_line)))) => {
                         if let Some(event) = run.on_stdout(&piece, ends_line) {
-                            permit.send(ctx.writer.queue_event(job_id, ctx.attempt, event));
+                            // The line's share of the room stays taken until it is answered.
+                            let kib = (piece.len() / 1024 + 1).min(MAX_MESSAGE_BYTES / 1024 + 1) as u32;
+                            let held = room.split(kib as usize);
+                            permit.send((ctx.writer.queue_event(job_id, ctx.attempt, event), held));
                         }
                     }
-                    Some((_, None)) => stdout = None,
+                    Some((_, _, None)) => stdout = None,
                     // The answers are no longer read: an event was refused.
                     None => {
                         run.stop(Stop::Refused);
@@ -375,28 +383,35 @@ impl Run {
 
 /// A place among the pending events, then the next piece of stdout. None: the writer's
 /// answers are no longer read (an event was refused). `Some((_, None))`: end of output.
+/// An answer to wait for, with the room its line holds until then.
+type Pending = (oneshot::Receiver<Reply>, Option<tokio::sync::OwnedSemaphorePermit>);
+
 async fn next_with_permit<'a, R: AsyncBufRead + Unpin>(
-    pending: &'a mpsc::Sender<oneshot::Receiver<Reply>>,
+    pending: &'a mpsc::Sender<Pending>,
+    budget: &Arc<tokio::sync::Semaphore>,
     stdout: Option<&mut Lines<R>>,
 ) -> Option<(
-    mpsc::Permit<'a, oneshot::Receiver<Reply>>,
+    mpsc::Permit<'a, Pending>,
+    tokio::sync::OwnedSemaphorePermit,
     Option<(Vec<u8>, bool)>,
 )> {
     let permit = pending.reserve().await.ok()?;
+    let room = budget
+        .clone()
+        .acquire_many_owned((MAX_MESSAGE_BYTES / 1024 + 1) as u32)
+        .await
+        .ok()?;
     let piece = match stdout {
         Some(lines) => lines.next().await.ok().flatten(),
         None => None,
     };
-    Some((permit, piece))
+    Some((permit, room, piece))
 }
 
 /// Reads the writer's answers in order until the first that is not `Accepted`, which it
 /// signals on `not_accepted` and returns.
-async fn confirm(
-    mut replies: mpsc::Receiver<oneshot::Receiver<Reply>>,
-    not_accepted: CancellationToken,
-) -> Answer {
-    while let Some(reply) = replies.recv().await {
+async fn confirm(mut replies: mpsc::Receiver<Pending>, not_accepted: CancellationToken) -> Answer {
+    while let Some((reply, _room)) = replies.recv().await {
         let answer = answer(reply.await);
         if !matches!(answer, Answer::Accepted) {
             not_accepted.cancel();

@@ -59,6 +59,11 @@ struct State {
     /// Running attempts by (job id, attempt): after a lost lease the same job can be claimed
     /// again (next attempt) while the old attempt is still stopping.
     running: Mutex<HashMap<(i64, i32), CancellationToken>>,
+    /// Until when each running attempt's lease is known to hold, by this process's clock:
+    /// from when the claim or the last confirmed heartbeat was sent. Past it another worker
+    /// may have the job, so the attempt is stopped (the lease watchdog), whether the
+    /// heartbeats fail fast or hang.
+    leases: Mutex<HashMap<(i64, i32), Instant>>,
     /// Cancel notifications for jobs not running here, with when they arrived.
     early_cancels: Mutex<HashMap<i64, Instant>>,
     /// Cancelled when the grace period is over: running handlers are stopped and released.
@@ -69,6 +74,10 @@ impl State {
     fn running(&self) -> MutexGuard<'_, HashMap<(i64, i32), CancellationToken>> {
         // Entries are inserted and removed whole; a poisoned map is still consistent.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<(i64, i32), Instant>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn early_cancels(&self) -> MutexGuard<'_, HashMap<i64, Instant>> {
@@ -137,6 +146,7 @@ pub async fn run(
         worker_id,
         writer,
         running: Mutex::new(HashMap::new()),
+        leases: Mutex::new(HashMap::new()),
         early_cancels: Mutex::new(HashMap::new()),
         hard_stop: CancellationToken::new(),
     });
@@ -152,6 +162,7 @@ pub async fn run(
     );
     tokio::spawn(route_signals(state.clone(), signals, wake.clone()));
     tokio::spawn(heartbeat_loop(state.clone(), background.clone()));
+    tokio::spawn(lease_watchdog(state.clone(), background.clone()));
     let presence = tokio::spawn(presence::run(state.clone(), background.clone()));
     tokio::spawn(maintenance::run(
         state.pool.clone(),
@@ -348,6 +359,9 @@ fn start_job(
     let cancel = CancellationToken::new();
     let key = (job.job_id.0, job.attempt);
     state.running().insert(key, cancel.clone());
+    state
+        .leases()
+        .insert(key, claim_started + state.args.lease());
     // A cancel that arrived while the claim was in flight found no entry: apply it now.
     let cancelled_early = state
         .early_cancels()
@@ -367,6 +381,7 @@ fn start_job(
             drop(slot);
             finish(&state, &job, &cancel, outcome).await;
             state.running().remove(&key);
+            state.leases().remove(&key);
             drop(in_flight);
         }
         .instrument(span),
@@ -537,6 +552,47 @@ async fn route_signals(
     }
 }
 
+/// Stops every attempt whose lease may have run out: no heartbeat confirmed within the
+/// lease (the database unreachable, or the link hanging). By then the reclaim may have
+/// handed the job to another worker, and two attempts must not run at once: the handler is
+/// told to stop (an `--exec` command's group gets SIGTERM), and what it still writes is
+/// refused by the fence.
+async fn lease_watchdog(state: Arc<State>, stop: CancellationToken) {
+    let every = state
+        .args
+        .lease()
+        .div_f64(20.0)
+        .clamp(Duration::from_millis(20), Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Instant::now();
+        let lost: Vec<(i64, i32)> = state
+            .leases()
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        if lost.is_empty() {
+            continue;
+        }
+        let running = state.running();
+        for key in lost {
+            if let Some(cancel) = running.get(&key) {
+                if !cancel.is_cancelled() {
+                    tracing::warn!(job_id = key.0, attempt = key.1,
+                        "lease not renewed in time (database unreachable?): stopping the attempt");
+                    cancel.cancel();
+                }
+            }
+        }
+    }
+}
+
 /// Extends the leases of every running attempt in one statement; an attempt missing from
 /// the answer was cancelled or taken away, and its handler is told to stop.
 async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
@@ -556,6 +612,8 @@ async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
         if held.is_empty() {
             continue;
         }
+        // The lease runs from when the statement was sent, not from its answer.
+        let sent = Instant::now();
         let still_held = db::deadline(async {
             let client = state.pool.get().await?;
             db::jobs::heartbeat_jobs(&client, &state.worker_id, &held, state.args.lease_secs).await
@@ -572,11 +630,14 @@ async fn heartbeat_loop(state: Arc<State>, stop: CancellationToken) {
                     *entry = (*entry).max(*attempt);
                 }
                 let running = state.running();
+                let mut leases = state.leases();
                 for key in held {
                     if !ids.contains(&key.0) || latest.get(&key.0) != Some(&key.1) {
                         if let Some(cancel) = running.get(&key) {
                             cancel.cancel();
                         }
+                    } else if let Some(until) = leases.get_mut(&key) {
+                        *until = (*until).max(sent + state.args.lease());
                     }
                 }
             }

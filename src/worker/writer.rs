@@ -15,6 +15,19 @@ use crate::job::JobId;
 
 /// Most ops written in one transaction.
 const MAX_BATCH: usize = 1_000;
+/// Most bytes (of the ops' JSON) written in one transaction: PostgreSQL refuses a message
+/// over 1 GiB by closing the connection, which looked like an outage and was retried
+/// forever (issue 22). A batch is cut here; one op alone may be larger, up to
+/// [`MAX_OP_BYTES`].
+const MAX_BATCH_BYTES: usize = 32 << 20;
+/// An op larger than this is refused without being sent.
+const MAX_OP_BYTES: usize = 256 << 20;
+/// A batch PostgreSQL cancels for its statement timeout is split at once; a single op so
+/// cancelled this many times fails: slowness that does not pass is not an outage to wait
+/// out (before, such a batch was retried forever while heartbeats kept its leases).
+const SLOW_TRIES: u32 = 2;
+/// How long the writer waits for one batch: past the pool's statement timeout (45 s).
+const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 /// At most this many yields to the runtime while a batch still grows (see `run`).
 const YIELDS_PER_BATCH: usize = 4;
 
@@ -61,6 +74,26 @@ impl WriteOutcome {
 struct Queued {
     op: Op,
     reply: oneshot::Sender<WriteOutcome>,
+}
+
+impl Op {
+    /// About how many bytes the op takes in a batch's JSON.
+    fn bytes(&self) -> usize {
+        fn size(value: &Value) -> usize {
+            match value {
+                Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+                Value::String(s) => s.len() + 2,
+                Value::Array(items) => items.iter().map(size).sum::<usize>() + 2,
+                Value::Object(map) => map.iter().map(|(k, v)| k.len() + 4 + size(v)).sum(),
+            }
+        }
+        64 + match self {
+            Op::Event { event, .. } => size(event),
+            Op::Complete { result, .. } => size(result),
+            Op::Fail(f) => size(&f.error),
+            Op::Release { .. } => 0,
+        }
+    }
 }
 
 /// A handle to the writer task.
@@ -159,6 +192,7 @@ async fn run(
             _ = close.cancelled() => receiver.try_recv().ok(),
         };
         let Some(first) = first else { return };
+        let mut bytes = first.op.bytes();
         batch.push(first);
         // The handlers the last commit woke are runnable but may not have run yet: cut the
         // batch now and it holds the first of their next ops, and the rest wait a whole
@@ -166,16 +200,31 @@ async fn run(
         // progress run ~5 events). Yield while each yield still brings more ops.
         for _ in 0..YIELDS_PER_BATCH {
             let before = batch.len();
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match receiver.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        bytes += next.op.bytes();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
-            if batch.len() >= MAX_BATCH || (batch.len() == before && before > 1) {
+            if batch.len() >= MAX_BATCH
+                || bytes >= MAX_BATCH_BYTES
+                || (batch.len() == before && before > 1)
+            {
                 break;
             }
             tokio::task::yield_now().await;
+        }
+        // An op too large for any batch is refused alone, never sent.
+        if batch.len() == 1 && bytes > MAX_OP_BYTES {
+            for queued in batch.drain(..) {
+                let _ = queued.reply.send(WriteOutcome::Failed(format!(
+                    "{bytes} bytes in one write: more than the {MAX_OP_BYTES} a worker writes at once"
+                )));
+            }
+            continue;
         }
         batches += 1;
         let id = format!("{worker_id}/{batches}");
@@ -195,8 +244,35 @@ async fn write_until_done(
     give_up: &CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut slow = 0;
     loop {
-        match db::deadline(write_batch(pool, worker_id, batch_id, batch)).await {
+        // Longer than PostgreSQL's statement timeout: a statement too slow to write is then
+        // cancelled by the server (57014: rolled back for sure, so its ops can be split
+        // and written again) before this deadline gives up on a commit whose outcome is
+        // unknown (retried under the same batch id, which finds that outcome).
+        let written = tokio::time::timeout(
+            WRITE_DEADLINE,
+            write_batch(pool, worker_id, batch_id, batch),
+        )
+        .await
+        .unwrap_or(Err(db::Error::TimedOut(WRITE_DEADLINE)));
+        let written = match written {
+            Err(e) if is_slow(&e) => {
+                slow += 1;
+                if slow >= SLOW_TRIES || batch.len() > 1 {
+                    // Not an outage: this batch is too slow to write. Handled as a statement
+                    // failure below (split, then each op on its own).
+                    Err(db::Error::Unexpected(format!(
+                        "writing {} op(s) took too long {slow} times: {e}",
+                        batch.len()
+                    )))
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        };
+        match written {
             Ok(accepted) => {
                 for (queued, ok) in batch.drain(..).zip(accepted) {
                     let outcome = if ok {
@@ -314,6 +390,14 @@ pub async fn write_ops(
         )));
     }
     Ok(accepted)
+}
+
+/// A write PostgreSQL cancelled for taking too long (statement timeout): rolled back.
+fn is_slow(error: &db::Error) -> bool {
+    match error {
+        db::Error::Postgres(e) => e.code().is_some_and(|c| c.code() == "57014"),
+        _ => false,
+    }
 }
 
 fn describe(error: &db::Error) -> String {

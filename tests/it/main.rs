@@ -20,6 +20,7 @@ mod hub_cursor;
 mod idempotency;
 mod keep_alive;
 mod listen_url;
+mod lease_loss;
 mod load_balancer;
 mod operations;
 mod pgbouncer;

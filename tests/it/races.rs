@@ -716,3 +716,65 @@ async fn a_paused_queue_does_not_make_an_idle_worker_spin() {
         .get(0);
     assert_eq!(status, "queued", "the paused job stays queued");
 }
+
+/// The group commit is capped in bytes, not only in ops (issue 22): one `--exec` attempt
+/// may queue hundreds of events of up to 8 MiB, and a batch over PostgreSQL's 1 GiB message
+/// limit closed the connection and was retried forever. 96 events of 1 MiB queued at once
+/// now go out in several transactions, every one accepted.
+#[tokio::test]
+async fn a_group_commit_is_capped_in_bytes() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "select (jobcast.enqueue_job('{\"kind\": \"demo.echo\"}'::jsonb)).job.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .query(
+            "select id from jobcast.claim_jobs(array['default'], null, 'w-bytes', 1, 60)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pool = jobcast::db::pool(&db.url, "jobcast-test", 2).unwrap();
+    let (close, give_up) = (CancellationToken::new(), CancellationToken::new());
+    let (writer, task) =
+        jobcast::worker::writer::Writer::start(pool, "w-bytes".into(), close.clone(), give_up);
+    let filler = "x".repeat(1 << 20);
+    let replies: Vec<_> = (0..96)
+        .map(|i| {
+            writer.queue_event(
+                jobcast::job::JobId(id),
+                1,
+                json!({"type": "chunk", "data": {"i": i, "filler": filler}}),
+            )
+        })
+        .collect();
+    for reply in replies {
+        assert!(reply.await.unwrap().is_accepted());
+    }
+    close.cancel();
+    task.await.unwrap();
+    let batches: i64 = client
+        .query_one("select count(*) from jobcast.worker_writes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        batches >= 3,
+        "96 MiB of events went out in {batches} transaction(s)"
+    );
+    let events: i64 = client
+        .query_one(
+            "select count(*) from jobcast.events where job_id = $1 and type = 'chunk'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 96);
+}
