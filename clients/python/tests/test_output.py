@@ -155,3 +155,18 @@ def test_a_cancelled_job_refuses_appends_and_its_handler_stops(procs, marker_dir
         time.sleep(0.3)
         assert procs.db.scalar("select count(*) from jobcast.events where job_id = %s",
                                (int(job.id),)) == count, "nothing written after the cancel"
+
+
+def test_the_rust_demo_tokens_stream_reads_the_same_through_the_client(procs):
+    server = procs.serve()
+    procs.rust_worker()
+    with Client(server.url) as client:
+        job = client.submit("demo.tokens", {"tokens": 40, "token_ms": 2, "stream": "answer"})
+        events = list(client.follow(job.id))
+        expected = "".join(f"tok{i} " for i in range(1, 41))
+        assert [e.stream for e in events if e.type == "output"] == ["answer"] * len(
+            outputs(events, "answer"))
+        assert "".join(e.text for e in events if e.type == "output") == expected
+        assert_contiguous(outputs(events, "answer"))
+        assert client.output(job.id, "answer") == expected
+        assert client.get(job.id).result == {"tokens": 40, "bytes": len(expected)}

@@ -127,3 +127,22 @@ def test_follow_resumes_across_a_serve_restart(procs):
     assert seen[-1].type == "succeeded"
     assert len([e for e in seen if e.type == "progress"]) == 12
     client.close()
+
+
+def test_retry_puts_a_failed_job_back(procs):
+    server = procs.serve()
+    procs.rust_worker()
+    with Client(server.url) as client:
+        job = client.submit("demo.steps", {"steps": 2, "step_ms": 1, "fail_at": 1},
+                            max_attempts=1)
+        first = list(client.follow(job.id))
+        assert first[-1].type == "failed"
+        again = client.retry(job.id)
+        assert again.status == "queued"
+        events = list(client.follow(job.id, last_event_id=first[-1].id))
+        assert [e.type for e in events][:2] == ["retried", "started"]
+        assert events[-1].type == "failed"
+        assert client.get(job.id).attempt == 2
+        with pytest.raises(APIError) as running:
+            client.retry(client.submit("demo.echo", run_at="2100-01-01T00:00:00Z").id)
+        assert running.value.status_code == 409

@@ -194,3 +194,51 @@ def test_the_worker_announces_its_kinds_and_leaves_the_list_when_stopped(procs, 
     assert seen[0]["queues"] == ["default"] and seen[0]["alive"]
     worker.child.send_signal(signal.SIGTERM)
     wait_for(lambda: not listed(), timeout=10.0, what="the stopped worker gone from the list")
+
+
+def test_a_failed_handler_keeps_its_traceback(procs, marker_dir):
+    server = procs.serve()
+    procs.python_worker(markers=marker_dir)
+    with Client(server.url) as client:
+        job = client.submit("py.flaky", {"succeed_at": 9}, max_attempts=1)
+        assert [e.type for e in client.follow(job.id)][-1] == "failed"
+        error = client.get(job.id).error
+        assert error["message"] == "flaky on attempt 1"
+        assert error["exception"] == "ValueError"
+        trace = error["traceback"]
+        assert trace.startswith("Traceback (most recent call last):")
+        assert 'worker_app.py", line' in trace and "in flaky" in trace
+        assert trace.rstrip().endswith("ValueError: flaky on attempt 1")
+
+
+STARTS_SILENTLY = """
+import os
+from jobcast import Worker
+
+worker = Worker(os.environ["DATABASE_URL"], queues=["default", "reports"], concurrency=2)
+
+@worker.handler("report.build")
+async def build(ctx, args):
+    return args
+
+@worker.handler("mail.send")
+def send(ctx, args):
+    return args
+
+worker.run()
+"""
+
+
+def test_the_worker_says_it_started_even_without_logging_configured(procs, tmp_path):
+    script = tmp_path / "silent_worker.py"
+    script.write_text(STARTS_SILENTLY)
+    worker = procs.python_script(script)
+    line = wait_for(lambda: next((l for l in worker.log_text().splitlines()
+                                  if "worker started" in l), None),
+                    what="the start line on stderr")
+    assert line.startswith("jobcast: worker started: id=")
+    assert "queues=default,reports" in line and "kinds=mail.send,report.build" in line
+    assert "concurrency=2" in line
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert "jobcast: worker stopped" in worker.log_text()

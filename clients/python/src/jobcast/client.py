@@ -91,6 +91,14 @@ class _Deadline:
         return min(MAX_WAIT_PER_REQUEST, int(remaining))
 
 
+def _pause_after(job: Job, seconds: int, asked: float) -> float:
+    """A server that ignores ``?wait=`` (older than waiting) answers at once: poll it
+    gently rather than in a tight loop."""
+    if job.terminal or time.monotonic() - asked >= seconds / 2:
+        return 0.0
+    return 0.5
+
+
 def _wait_timeout(seconds: int) -> httpx.Timeout:
     return httpx.Timeout(30.0, read=seconds + 30.0)
 
@@ -310,7 +318,9 @@ class Client:
             seconds = deadline.next()
             if seconds is None:
                 break
+            asked = time.monotonic()
             job = Job.from_json(self._send(_Requests.get(job.id, seconds)).json())
+            time.sleep(_pause_after(job, seconds, asked))
         return job
 
     def list_jobs(
@@ -579,7 +589,9 @@ class AsyncClient:
             seconds = deadline.next()
             if seconds is None:
                 break
+            asked = time.monotonic()
             job = Job.from_json((await self._send(_Requests.get(job.id, seconds))).json())
+            await asyncio.sleep(_pause_after(job, seconds, asked))
         return job
 
     async def list_jobs(
