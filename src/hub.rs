@@ -246,6 +246,18 @@ impl Hub {
                         frames: Vec::new(),
                     };
                     let _ = self.inner.firehose_pages.send(Arc::new(page));
+                } else if to > from {
+                    // Nothing readable, but the position moved (past events of no one, or
+                    // up to the horizon): every follower moves with it. Kept to itself, the
+                    // next page would start after every follower's cursor and each would
+                    // read the table on its own: one read per event per follower instead
+                    // of one per process (issue 22).
+                    let page = FirehosePage {
+                        from,
+                        to,
+                        frames: Vec::new(),
+                    };
+                    let _ = self.inner.firehose_pages.send(Arc::new(page));
                 }
                 *position = Some(to);
                 return Ok(delivered);
