@@ -19,9 +19,11 @@ const PROMPT: Duration = Duration::from_secs(3);
 /// `pods` (same parameters), listening on `port`, every path inside `dir`, and a response
 /// header naming the pod that answered.
 fn nginx_config(dir: &Scratch, port: u16, pods: &[String]) -> String {
+    // The shipped file is complete (events, http): only its upstreams, port and paths
+    // change here.
     let shipped = include_str!("../../deploy/nginx.conf");
-    let mut site = String::new();
-    let mut upstreams_written = false;
+    let scratch = dir.0.display().to_string();
+    let (mut config, mut upstreams_written) = (String::new(), false);
     for line in shipped.lines() {
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix("server serve-") {
@@ -29,23 +31,35 @@ fn nginx_config(dir: &Scratch, port: u16, pods: &[String]) -> String {
                 let parameters = rest.split_once(' ').map_or(";", |(_, p)| p);
                 for pod in pods {
                     let address = pod.trim_start_matches("http://");
-                    site.push_str(&format!("    server {address} {parameters}\n"));
+                    config.push_str(&format!("        server {address} {parameters}\n"));
                 }
                 upstreams_written = true;
             }
         } else if trimmed == "listen 80;" {
-            site.push_str(&format!("    listen 127.0.0.1:{port};\n"));
+            config.push_str(&format!("        listen 127.0.0.1:{port};\n"));
         } else {
-            site.push_str(line);
-            site.push('\n');
+            config.push_str(
+                &line
+                    .replace("/var/run/nginx.pid", &format!("{scratch}/nginx.pid"))
+                    .replace("/var/log/nginx/", &format!("{scratch}/"))
+                    .replace("/var/cache/nginx/", &format!("{scratch}/")),
+            );
+            config.push('\n');
+            if trimmed == "http {" {
+                config.push_str("    add_header X-Upstream $upstream_addr always;\n");
+            }
         }
     }
     assert!(
         upstreams_written,
         "deploy/nginx.conf has no `server serve-N` upstreams"
     );
-    let path = |name: &str| dir.path(name).display().to_string();
-    let user = if running_as_root() {
+    config
+}
+
+/// `-g` directives: in the foreground, and as nobody when running as root.
+fn nginx_globals() -> String {
+    if running_as_root() {
         // Debian's group of nobody is nogroup.
         let group = if std::fs::read_to_string("/etc/group")
             .unwrap_or_default()
@@ -55,31 +69,10 @@ fn nginx_config(dir: &Scratch, port: u16, pods: &[String]) -> String {
         } else {
             "nobody"
         };
-        format!("user nobody {group};")
+        format!("daemon off; user nobody {group};")
     } else {
-        String::new()
-    };
-    format!(
-        "{user}
-worker_processes 1;
-pid {pid};
-error_log {error_log} info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {access_log};
-    client_body_temp_path {temp}/client_body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    add_header X-Upstream $upstream_addr always;
-{site}}}
-",
-        pid = path("nginx.pid"),
-        error_log = path("error.log"),
-        access_log = path("access.log"),
-        temp = dir.0.display(),
-    )
+        "daemon off;".into()
+    }
 }
 
 /// nginx in front of `pods`; None (saying so) when it is not installed.
@@ -99,7 +92,7 @@ fn start_nginx(pods: &[String]) -> Option<Daemon> {
         .arg(&config)
         .arg("-e")
         .arg(dir.path("error.log"))
-        .args(["-g", "daemon off;"]);
+        .args(["-g", &nginx_globals()]);
     Some(Daemon::start(command, port, dir, "nginx.out"))
 }
 
