@@ -92,3 +92,18 @@ def test_node_producer_submits_and_follows_to_the_end(procs):
     assert lines[0].startswith("submitted ")
     assert lines[1:] == ["1 queued", "2 started", "3 progress 33% row 1/3",
                          "4 progress 67% row 2/3", "5 progress 100% row 3/3", "6 succeeded"]
+
+
+def test_the_python_code_in_the_readmes_parses():
+    """Illustrations, not programs (they call your code), but never broken Python."""
+    import ast
+    import re
+
+    for readme in (REPO / "clients" / "python" / "README.md", REPO / "docs" / "handlers.md"):
+        blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+        assert blocks, readme
+        for block in blocks:
+            try:
+                compile(block, str(readme), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            except SyntaxError as e:
+                raise AssertionError(f"{readme.name}: {e}\n{block}") from e
