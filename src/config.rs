@@ -131,6 +131,10 @@ pub struct WorkArgs {
     /// Seconds SIGTERM waits for running jobs before handing them back.
     #[arg(long, env = "JOBCAST_GRACE_SECS", default_value_t = 30.0, value_parser = parse_non_negative_secs)]
     pub grace_secs: f64,
+    /// Leaves the demo handlers (`demo.steps`, `demo.echo`, `demo.tokens`) out of `work`:
+    /// a production worker runs only its own kinds.
+    #[arg(long, env = "JOBCAST_NO_DEMO_HANDLERS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub no_demo_handlers: bool,
     /// Runs jobs of KIND with a shell command (repeatable; `JOBCAST_EXEC` adds one
     /// `KIND=COMMAND` per line; the protocol is in docs/exec.md).
     #[arg(long = "exec", value_name = "KIND=COMMAND")]

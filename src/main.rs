@@ -190,9 +190,16 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             ensure_schema(&session_url(&database, &url)?, migrate).await?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
             let listen = db::connection_config(database.listen_url(&url), "jobcast-work-listen")?;
-            let registry = Registry::new()
-                .with_demo_handlers()
-                .with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
+            let registry = if work.no_demo_handlers {
+                Registry::new()
+            } else {
+                Registry::new().with_demo_handlers()
+            };
+            let registry =
+                registry.with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
+            if registry.kinds().is_empty() {
+                tracing::warn!("no handler: this worker claims nothing (--no-demo-handlers and no --exec)");
+            }
             worker::run(pool, listen, work, registry, shutdown::on_signal()).await;
             Ok(0)
         }
@@ -348,7 +355,9 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
         }
     };
     raise_open_file_limit();
-    db::migrate::run(&url).await.context("migrating")?;
+    db::migrate::run(&session_url(&database, &url)?)
+        .await
+        .context("migrating")?;
     let shutdown = shutdown::on_signal();
     let pool = db::pool(&url, "jobcast-dev", 32)?;
     let worker_pool = db::pool(&url, "jobcast-dev-worker", 12)?;

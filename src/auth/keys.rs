@@ -98,6 +98,12 @@ impl Keys {
                     key.chars().count()
                 )));
             }
+            if key.to_ascii_lowercase().contains("change-me") {
+                return Err(error(&format!(
+                    "the key of tenant {tenant} is the example's placeholder: generate one \
+                     (e.g. `openssl rand -hex 32`)"
+                )));
+            }
             if let Some((owner, first)) = owners.insert(key, (raw_tenant, number)) {
                 if owner != raw_tenant {
                     return Err(error(&format!(
@@ -182,5 +188,15 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn the_placeholder_key_of_the_example_is_refused() {
+        let error = parse("acme CHANGE-ME-generate-with-openssl-rand-hex-32\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("placeholder"), "{error}");
+        assert!(!error.contains("CHANGE-ME-generate"), "never prints the key: {error}");
     }
 }

@@ -37,7 +37,7 @@ pub enum Error {
         reason: String,
     },
     /// No pooled connection could be had.
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
     #[error("database error: {}", describe(.0))]
@@ -109,6 +109,27 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
+/// A pool failure with PostgreSQL's own words: deadpool's text for a refused connection
+/// is only "db error".
+fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => with_pooler_hint(describe(e)),
+        other => with_pooler_hint(one_line(other)),
+    }
+}
+
+/// A transaction-mode pooler refuses what a session-mode client sends at connect (PgBouncer:
+/// "unsupported startup parameter: options"): say what to do about it.
+pub fn with_pooler_hint(mut reason: String) -> String {
+    if reason.contains("unsupported startup parameter") {
+        reason.push_str(
+            " (DATABASE_URL looks like a transaction-mode pooler such as PgBouncer: pass \
+             --transaction-pooler and a direct --listen-database-url)",
+        );
+    }
+    reason
+}
+
 /// A result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -146,7 +167,7 @@ impl ConnectionConfig {
 
     /// `cannot connect to HOST:PORT: reason`.
     pub fn connect_error(&self, error: &(dyn std::error::Error + 'static)) -> Error {
-        let mut reason = one_line(error);
+        let mut reason = with_pooler_hint(one_line(error));
         if reason.contains("UnknownIssuer") {
             reason.push_str(" (no CA in sslrootcert issued the server's certificate)");
         }

@@ -67,8 +67,10 @@ impl Gate {
             (Some(secrets), _) => secrets.clone(),
             (None, Some(_)) => {
                 tracing::warn!(
-                    "no --token-secret: stream tokens are signed with a random secret and \
-                     verify on this process only"
+                    "no --token-secret (JOBCAST_TOKEN_SECRET): stream tokens are signed with a \
+                     random secret and verify on this process only, so behind a load balancer \
+                     every stream opened through another `serve` is refused (401 bad \
+                     signature); give every `serve` the same --token-secret"
                 );
                 TokenSecrets::random()
             }

@@ -76,12 +76,12 @@ pub fn build(
             .wrap(actix_web::middleware::from_fn(auth::authenticate))
             .wrap(actix_web::middleware::from_fn(request_deadline))
             .wrap(cors(&cors_origins))
-            .route("/", web::get().to(assets::console_html))
-            .route("/console.js", web::get().to(assets::console_js))
-            .route("/client.js", web::get().to(assets::client_js))
-            .route("/client.d.ts", web::get().to(assets::client_d_ts))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
+            .route("/", get_or_head().to(assets::console_html))
+            .route("/console.js", get_or_head().to(assets::console_js))
+            .route("/client.js", get_or_head().to(assets::client_js))
+            .route("/client.d.ts", get_or_head().to(assets::client_d_ts))
+            .route("/healthz", get_or_head().to(healthz))
+            .route("/readyz", get_or_head().to(readyz))
             .route("/metrics", web::get().to(metrics::render))
             .route("/openapi.json", web::get().to(openapi::document))
             .route("/v1/jobs", web::post().to(jobs::create_job))
@@ -123,6 +123,12 @@ pub fn build(
         handle.stop(true).await;
     });
     Ok(server)
+}
+
+/// GET, and HEAD (answered like GET, without the body): `curl -I`, link checkers and
+/// uptime probes ask for HEAD.
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 fn cors(origins: &[String]) -> Cors {

@@ -370,6 +370,27 @@ async fn without_transaction_pooler_the_pool_fails_through_pgbouncer_and_migrate
     assert!(stderr.contains("--listen-database-url"), "{stderr}");
 }
 
+/// PgBouncer as a new user meets it (issue 25): DATABASE_URL through it without
+/// `--transaction-pooler`. The pool's connections are refused at connect; the log said
+/// `db error` only. Now it carries PgBouncer's own words and says which flag to use.
+#[tokio::test]
+async fn a_pool_refused_by_pgbouncer_says_why_and_which_flag_to_use() {
+    let db = TestDb::new().await;
+    let Some(bouncer) = PgBouncer::start(&db, "") else {
+        return;
+    };
+    let pooled = bouncer.url();
+    let serve = Proc::serve(&pooled, &["--listen-database-url", &db.url]);
+    let (status, body) = submit(serve.url(), json!({"kind": "demo.echo"})).await;
+    assert!(status >= 500, "{status} {body}");
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(
+        log.contains("unsupported startup parameter"),
+        "the log carries PgBouncer's message: {log}"
+    );
+    assert!(log.contains("--transaction-pooler"), "and the flag: {log}");
+}
+
 /// Every pooled statement goes through `db::query` and its siblings, the one place that
 /// knows about `--transaction-pooler`: a call of its own would prepare a named statement
 /// behind PgBouncer's back (only `migrate`, on a session of its own, may).

@@ -426,3 +426,35 @@ async fn a_cluster_made_by_an_older_jobcast_stops_trusting_everyone() {
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `HEAD` answers like `GET` on the pages and the client (issue 25: 404 before).
+#[tokio::test]
+async fn head_answers_on_the_console_and_the_client() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    for path in ["/", "/client.js", "/healthz"] {
+        let response = http()
+            .head(format!("{}{path}", serve.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "HEAD {path}");
+    }
+}
+
+/// `work --no-demo-handlers` (what deploy/compose.yaml runs) claims no demo job.
+#[tokio::test]
+async fn a_worker_without_demo_handlers_leaves_demo_jobs_alone() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let _work = Proc::work(
+        &db.url,
+        &["--no-demo-handlers", "--exec", "mine=echo '{\"result\": 7}'"],
+    );
+    let demo = submit_ok(serve.url(), serde_json::json!({"kind": "demo.echo"})).await;
+    let mine = submit_ok(serve.url(), serde_json::json!({"kind": "mine"})).await;
+    let job = wait_for_status(serve.url(), &mine, "succeeded", Duration::from_secs(15)).await;
+    assert_eq!(job["result"], 7);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get_job(serve.url(), &demo).await["status"], "queued");
+}
