@@ -162,6 +162,8 @@ def test_the_rust_demo_tokens_stream_reads_the_same_through_the_client(procs):
     procs.rust_worker()
     with Client(server.url) as client:
         job = client.submit("demo.tokens", {"tokens": 40, "token_ms": 2, "stream": "answer"})
+        wait_for(lambda: client.get(job.id).terminal, timeout=15,
+                 what="demo.tokens to end (a `jobcast work` that has it)")
         events = list(client.follow(job.id))
         expected = "".join(f"tok{i} " for i in range(1, 41))
         assert [e.stream for e in events if e.type == "output"] == ["answer"] * len(
