@@ -8,6 +8,7 @@ reclaim for dead workers, exponential retry backoff, and a SIGTERM drain.
     @worker.handler("report")
     async def report(ctx, args):
         await ctx.progress(50, "half way")
+        ctx.append("row 1 of 10\n", stream="log")   # output text: not awaited
         return {"rows": 10}
 
     worker.run()
@@ -168,7 +169,8 @@ class Worker:
         """Registers the decorated function for jobs of ``kind``: ``async def f(ctx, args)``
         (gets an AsyncContext) or a plain ``def f(ctx, args)`` (run in a thread, gets a
         Context). Its return value is the job's result (JSON); raising :class:`Retry`
-        retries, :class:`Fatal` fails the job at once, any other exception retries."""
+        retries, :class:`Fatal` fails the job at once, any other exception retries (the
+        job's error keeps its message, class name and traceback)."""
 
         def register(function: Handler) -> Handler:
             self._handlers[kind] = function
