@@ -29,7 +29,9 @@ language sql volatile as $$
         'job_id', p_job_id::text, 'seq', p_seq, 'type', p_type,
         'at', jobcast.rfc3339(clock_timestamp()), 'status', p_status,
         'attempt', p_attempt, 'kind', p_kind, 'queue', p_queue
-    ) || coalesce(p_extra, '{}'::jsonb)
+    ) || coalesce((select jsonb_build_object('tags', j.tags) from jobcast.jobs j
+                    where j.id = p_job_id and j.tags is not null), '{}'::jsonb)
+      || coalesce(p_extra, '{}'::jsonb)
 $$;
 
 -- One NOTIFY per statement that inserts events: "job_id:first_seq:last_seq,...".
@@ -125,14 +127,17 @@ declare
 begin
     with inserted as (
         insert into jobcast.jobs (kind, queue, args, priority, run_at, max_attempts,
-                                  timeout_secs, idempotency_key, request_hash, last_seq, tenant)
+                                  timeout_secs, idempotency_key, request_hash, last_seq, tenant,
+                                  tags)
         select s.kind, coalesce(s.queue, 'default'), coalesce(s.args, '{}'::jsonb),
                coalesce(s.priority, 0), coalesce(s.run_at, now()), coalesce(s.max_attempts, 3),
-               s.timeout_secs, s.idempotency_key, s.request_hash, 1, p_tenant
+               s.timeout_secs, s.idempotency_key, s.request_hash, 1, p_tenant,
+               case when jsonb_typeof(s.tags) = 'object' and s.tags <> '{}'::jsonb
+                    then s.tags end
           from jsonb_array_elements(p_specs) with ordinality as e(spec, ord),
                jsonb_to_record(e.spec) as s(kind text, queue text, args jsonb, priority smallint,
                    run_at timestamptz, max_attempts integer, timeout_secs integer,
-                   idempotency_key text, request_hash text)
+                   idempotency_key text, request_hash text, tags jsonb)
          order by e.ord
         on conflict (tenant, idempotency_key) where idempotency_key is not null do nothing
         returning *
@@ -140,7 +145,11 @@ begin
         insert into jobcast.events (job_id, seq, type, data)
         select i.id, 1, 'queued',
                jobcast.event_data(i.id, i.kind, i.queue, i.status, i.attempt, 1, 'queued',
-                                  jsonb_build_object('run_at', jobcast.rfc3339(i.run_at)))
+                                  jsonb_build_object('run_at', jobcast.rfc3339(i.run_at))
+                                  -- The row is not visible to event_data's own lookup yet.
+                                  || case when i.tags is not null
+                                          then jsonb_build_object('tags', i.tags)
+                                          else '{}'::jsonb end)
           from inserted i
     ), listed as (
         insert into jobcast.queued (id, queue, kind, priority, run_at)
@@ -327,12 +336,22 @@ begin
         raise exception 'invalid event type %', quote_literal(bad)
               using errcode = 'check_violation', constraint = 'event_type_format';
     end if;
+    -- Output events (API.md, "Output streams"): a stream name, a byte offset and the text.
+    select d.s into bad
+      from (select distinct coalesce(x->>'stream', '') as s from jsonb_array_elements(p_events) x
+             where x->>'type' = 'output') d
+     where d.s !~ '^[a-z][a-z0-9_.-]{0,31}$';
+    if found then
+        raise exception 'invalid output stream name %', quote_literal(bad)
+              using errcode = 'check_violation', constraint = 'output_stream_name';
+    end if;
     return query
     with input as (
         select x.ord::integer as ord, (x.v->>'job_id')::bigint as job_id,
                (x.v->>'attempt')::integer as attempt, x.v->>'type' as type,
                (x.v->>'progress')::double precision as progress, x.v->>'message' as message,
-               x.v->'data' as data
+               x.v->'data' as data, x.v->>'stream' as stream,
+               (x.v->>'offset')::bigint as output_offset, x.v->>'text' as text
           from jsonb_array_elements(p_events) with ordinality as x(v, ord)
     ), per_attempt as (
         select i.job_id, i.attempt, count(*)::integer as n,
@@ -360,8 +379,8 @@ begin
            and j.status = 'running'
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq - p.n as base
     ), numbered as (
-        select i.ord, i.job_id, i.type, i.progress, i.message, i.data, u.kind, u.queue,
-               u.status, u.attempt,
+        select i.ord, i.job_id, i.type, i.progress, i.message, i.data, i.stream,
+               i.output_offset, i.text, u.kind, u.queue, u.status, u.attempt,
                u.base + (row_number() over (partition by i.job_id order by i.ord))::integer as seq
           from input i
           join updated u on u.id = i.job_id and u.attempt = i.attempt
@@ -371,6 +390,10 @@ begin
                jobcast.event_data(n.job_id, n.kind, n.queue, n.status, n.attempt, n.seq, n.type,
                    case when n.type = 'progress'
                         then jsonb_build_object('progress', n.progress, 'message', n.message)
+                        when n.type = 'output'
+                        then jsonb_build_object('stream', n.stream,
+                                                'offset', coalesce(n.output_offset, 0),
+                                                'text', coalesce(n.text, ''))
                         else '{}'::jsonb end
                    || case when n.data is not null and n.data <> 'null'::jsonb
                            then jsonb_build_object('data', n.data) else '{}'::jsonb end)

@@ -131,6 +131,13 @@ pub struct WorkArgs {
     /// Seconds SIGTERM waits for running jobs before handing them back.
     #[arg(long, env = "JOBCAST_GRACE_SECS", default_value_t = 30.0, value_parser = parse_non_negative_secs)]
     pub grace_secs: f64,
+    /// Output streams: the longest an appended text waits before it is written, in ms.
+    #[arg(long, env = "JOBCAST_OUTPUT_FLUSH_MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub output_flush_ms: u64,
+    /// Output streams: most bytes one attempt may append across its streams; the append
+    /// that would pass it fails the attempt (not retried).
+    #[arg(long, env = "JOBCAST_MAX_OUTPUT_BYTES", default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_output_bytes: u64,
     /// Leaves the demo handlers (`demo.steps`, `demo.echo`, `demo.tokens`) out of `work`:
     /// a production worker runs only its own kinds.
     #[arg(long, env = "JOBCAST_NO_DEMO_HANDLERS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]

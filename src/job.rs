@@ -91,7 +91,8 @@ pub fn is_terminal_event(event_type: &str) -> bool {
 }
 
 /// Event types that jobcast itself emits; handlers may not use them for custom events.
-pub const BUILTIN_EVENT_TYPES: [&str; 8] = [
+pub const BUILTIN_EVENT_TYPES: [&str; 9] = [
+    "output",
     "queued",
     "started",
     "progress",
@@ -110,6 +111,14 @@ pub fn is_custom_event_type(name: &str) -> bool {
         && name.len() <= 64
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
         && !BUILTIN_EVENT_TYPES.contains(&name)
+}
+
+/// Whether `name` is a valid output stream name (`^[a-z][a-z0-9_.-]{0,31}$`).
+pub fn is_stream_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.len() <= 32
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }
 
 /// Whether `s` is a valid kind or queue name of at most `max` characters.
@@ -189,9 +198,12 @@ pub struct JobSpec {
     pub max_attempts: i32,
     /// Per-attempt time limit.
     pub timeout_secs: Option<i32>,
+    /// String pairs to list and follow the job by (`?tag=KEY:VALUE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
-const SPEC_FIELDS: [&str; 7] = [
+const SPEC_FIELDS: [&str; 8] = [
     "kind",
     "queue",
     "args",
@@ -199,11 +211,72 @@ const SPEC_FIELDS: [&str; 7] = [
     "run_at",
     "max_attempts",
     "timeout_secs",
+    "tags",
 ];
+
+/// Most tags on one job.
+pub const MAX_TAGS: usize = 16;
+
+/// Checks a job's `tags`: an object of at most [`MAX_TAGS`] string pairs, keys
+/// `^[a-z][a-z0-9_.-]{0,31}$`, values 1-128 characters.
+pub fn parse_tags(
+    value: &Value,
+    field: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, SpecError> {
+    let object = match value {
+        Value::Null => return Ok(None),
+        Value::Object(object) => object,
+        _ => return Err(SpecError::kind(field, "expected an object of string pairs")),
+    };
+    if object.len() > MAX_TAGS {
+        return Err(SpecError::rule(field, &format!("at most {MAX_TAGS} tags")));
+    }
+    let mut tags = std::collections::BTreeMap::new();
+    for (key, value) in object {
+        if !is_stream_name(key) {
+            return Err(SpecError::rule(
+                &format!("{field}.{}", clip(key, 64)),
+                "tag keys are 1-32 characters: ^[a-z][a-z0-9_.-]{0,31}$",
+            ));
+        }
+        let Some(text) = value.as_str() else {
+            return Err(SpecError::kind(
+                &format!("{field}.{key}"),
+                "expected a string",
+            ));
+        };
+        let chars = text.chars().count();
+        if !(1..=128).contains(&chars) || text.contains('\0') {
+            return Err(SpecError::rule(
+                &format!("{field}.{key}"),
+                "tag values are 1-128 characters",
+            ));
+        }
+        tags.insert(key.clone(), text.to_owned());
+    }
+    Ok((!tags.is_empty()).then_some(tags))
+}
+
+/// `text` cut to at most `max` characters, with `…` where it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
 
 impl JobSpec {
     /// Parses a submission body, naming the first offending field.
     pub fn parse(value: &Value) -> Result<JobSpec, SpecError> {
+        JobSpec::parse_with(value, |_, _| Ok(()))
+    }
+
+    /// [`parse`](Self::parse), with `check_args(kind, args)` for the rules of known kinds
+    /// (the demo handlers' bounds), which belong to their handlers, not to this layer.
+    pub fn parse_with(
+        value: &Value,
+        check_args: impl Fn(&str, &Value) -> Result<(), SpecError>,
+    ) -> Result<JobSpec, SpecError> {
         let object = value
             .as_object()
             .ok_or_else(|| SpecError::kind("body", "expected a JSON object"))?;
@@ -240,7 +313,7 @@ impl JobSpec {
                 "contains \\u0000, which PostgreSQL cannot store",
             ));
         }
-        crate::worker::demo::check_args(kind, &args)?;
+        check_args(kind, &args)?;
         let priority = int_field(object, "priority", 0, -32768, 32767)?;
         let max_attempts = int_field(object, "max_attempts", 3, 1, 100)?;
         let timeout_secs = match object.get("timeout_secs") {
@@ -264,7 +337,12 @@ impl JobSpec {
                 Some(utc)
             }
         };
+        let tags = match object.get("tags") {
+            None => None,
+            Some(v) => parse_tags(v, "tags")?,
+        };
         Ok(JobSpec {
+            tags,
             kind: kind.to_owned(),
             queue: queue.to_owned(),
             args,
@@ -305,7 +383,7 @@ fn find_nul(value: &Value, path: &str) -> Option<String> {
             .enumerate()
             .find_map(|(i, item)| find_nul(item, &format!("{path}[{i}]"))),
         Value::Object(members) => members.iter().find_map(|(key, item)| {
-            let here = format!("{path}.{}", crate::web::problem::clip(key, 64));
+            let here = format!("{path}.{}", clip(key, 64));
             if key.contains('\0') {
                 Some(here)
             } else {
@@ -399,6 +477,8 @@ pub struct Job {
     pub updated_at: String,
     /// Seq of the job's latest event.
     pub last_event_id: i32,
+    /// The job's tags (null when it has none).
+    pub tags: Option<Value>,
     /// Streams open on this job across every serve process (a few seconds old at most);
     /// 0 where the query that built the object did not count them.
     pub subscribers: i64,
@@ -485,6 +565,7 @@ impl Job {
             finished_at: ts("finished_at")?,
             updated_at: ts("updated_at")?.unwrap_or_default(),
             last_event_id: row.try_get("last_seq")?,
+            tags: optional_column(row, "tags")?.flatten(),
             subscribers: optional_column(row, "subscribers")?.unwrap_or(0),
             hint: optional_column(row, "hint")?.flatten(),
             links: Links {

@@ -27,6 +27,8 @@ struct Claims {
     queue: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What a verified token allows.
@@ -42,6 +44,9 @@ pub struct Grant {
     pub queue: Option<String>,
     /// The firehose restricted to this kind.
     pub kind: Option<String>,
+    /// A tag token: the firehose of the jobs carrying all these tags (a request may add
+    /// more tags, never fewer).
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Why a token was refused. The messages name no token and no secret.
@@ -116,10 +121,12 @@ impl TokenSecrets {
         let claims = Claims {
             tenant: grant.tenant.as_str().to_owned(),
             exp,
-            jobs: (!grant.firehose || !grant.jobs.is_empty()).then(|| grant.jobs.clone()),
+            jobs: ((!grant.firehose && grant.tags.is_none()) || !grant.jobs.is_empty())
+                .then(|| grant.jobs.clone()),
             firehose: grant.firehose.then_some(true),
             queue: grant.queue.clone(),
             kind: grant.kind.clone(),
+            tags: grant.tags.clone(),
         };
         let key = EncodingKey::from_secret(self.0[0].as_bytes());
         // Serializing these plain claims with HMAC cannot fail.
@@ -160,8 +167,11 @@ impl TokenSecrets {
         let tenant = Tenant::parse(&claims.tenant)
             .ok_or(TokenError::Invalid("tenant is not a tenant name"))?;
         let firehose = claims.firehose == Some(true);
-        if claims.jobs.is_none() && !firehose {
-            return Err(TokenError::Invalid("holds neither jobs nor firehose"));
+        if claims.jobs.is_none() && !firehose && claims.tags.is_none() {
+            return Err(TokenError::Invalid("holds neither jobs, firehose nor tags"));
+        }
+        if claims.tags.as_ref().is_some_and(|t| t.is_empty()) {
+            return Err(TokenError::Invalid("tags is empty"));
         }
         Ok(Grant {
             tenant,
@@ -169,6 +179,7 @@ impl TokenSecrets {
             firehose,
             queue: claims.queue,
             kind: claims.kind,
+            tags: claims.tags,
         })
     }
 }
@@ -191,6 +202,7 @@ mod tests {
             firehose: false,
             queue: None,
             kind: None,
+            tags: None,
         }
     }
 
@@ -224,6 +236,7 @@ mod tests {
             firehose: None,
             queue: None,
             kind: None,
+            tags: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -33,6 +33,9 @@ pub struct Frame {
     pub kind: Option<ByteString>,
     /// The tenant owning the job (firehose pages only: a tenant sees its own jobs only).
     pub tenant: Option<ByteString>,
+    /// The job's tags, sorted (parsed once per frame read, shared by every follower that
+    /// filters on them).
+    pub tags: Option<std::sync::Arc<Vec<(String, String)>>>,
 }
 
 impl Frame {
@@ -53,13 +56,28 @@ impl Frame {
             queue: None,
             kind: None,
             tenant: None,
+            tags: parse_tags(row.try_get::<_, Option<String>>("tags")?.as_deref()),
         })
+    }
+
+    /// Whether the job carries every one of `wanted` (sorted or not).
+    pub fn has_tags(&self, wanted: &[(String, String)]) -> bool {
+        wanted.is_empty()
+            || self
+                .tags
+                .as_ref()
+                .is_some_and(|tags| wanted.iter().all(|w| tags.contains(w)))
     }
 
     /// Whether the job's stream ends with this event.
     pub fn is_terminal(&self) -> bool {
         crate::job::is_terminal_event(&self.event_type)
     }
+}
+
+fn parse_tags(text: Option<&str>) -> Option<std::sync::Arc<Vec<(String, String)>>> {
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_str(text?).ok()?;
+    Some(std::sync::Arc::new(map.into_iter().collect()))
 }
 
 /// A position in the firehose: (transaction id, event id), ordered. Events are read only
@@ -100,7 +118,8 @@ pub const PAGE_BYTES: i64 = 1 << 20;
 fn frame_columns(order: &str) -> String {
     format!(
         "e.job_id, e.seq, e.type, d.text as data, e.data->>'at' as at, e.xid::text as xid, \
-         e.id, sum(octet_length(d.text)) over (order by {order}) - octet_length(d.text) \
+         e.id, (e.data->'tags')::text as tags, \
+         sum(octet_length(d.text)) over (order by {order}) - octet_length(d.text) \
          as bytes_before"
     )
 }

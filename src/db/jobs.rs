@@ -106,6 +106,8 @@ pub struct JobFilter {
     pub before: Option<JobId>,
     /// At most this many.
     pub limit: i64,
+    /// Only jobs carrying every one of these tags (through the GIN index on tags).
+    pub tags: Option<serde_json::Value>,
 }
 
 /// Jobs newest first, by keyset pagination on the id.
@@ -122,20 +124,56 @@ pub async fn list_jobs(client: &impl GenericClient, filter: &JobFilter) -> Resul
               order by id desc
               limit $5"
     );
+    // Tagged: its own statement, whose `tags @>` the partial GIN index can serve (an `or`
+    // with a null parameter would keep the planner from it).
+    let tagged = concat!(
+        "select ",
+        job_columns!(),
+        " from jobcast.jobs j
+              where ($1::text is null or queue = $1)
+                and ($2::text is null or kind = $2)
+                and ($3::text is null or status = $3::text::jobcast.job_status)
+                and ($4::bigint is null or id < $4)
+                and tenant = $6
+                and tags @> $7::jsonb
+              order by id desc
+              limit $5"
+    );
     let status = filter.status.map(Status::as_str);
-    let rows = super::query(
-        client,
-        statement,
-        &[
-            &filter.queue,
-            &filter.kind,
-            &status,
-            &filter.before.map(|id| id.0),
-            &filter.limit,
-            &filter.tenant,
-        ],
-    )
-    .await?;
+    let before = filter.before.map(|id| id.0);
+    let rows = match &filter.tags {
+        None => {
+            super::query(
+                client,
+                statement,
+                &[
+                    &filter.queue,
+                    &filter.kind,
+                    &status,
+                    &before,
+                    &filter.limit,
+                    &filter.tenant,
+                ],
+            )
+            .await?
+        }
+        Some(tags) => {
+            super::query(
+                client,
+                tagged,
+                &[
+                    &filter.queue,
+                    &filter.kind,
+                    &status,
+                    &before,
+                    &filter.limit,
+                    &filter.tenant,
+                    tags,
+                ],
+            )
+            .await?
+        }
+    };
     Ok(rows
         .iter()
         .map(Job::from_row)
@@ -345,5 +383,20 @@ pub async fn prune_worker_writes(
 ) -> Result<i32> {
     let statement = "select jobcast.prune_worker_writes(make_interval(secs => $1::float8), $2)";
     let row = super::query_one(client, statement, &[&older.as_secs_f64(), &limit]).await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The text of one output stream of one attempt, in offset order; `None` when it has none.
+pub async fn output_text(
+    client: &impl GenericClient,
+    id: JobId,
+    attempt: i32,
+    stream: &str,
+) -> Result<Option<String>> {
+    let statement = "select string_agg(e.data->>'text', '' order by e.seq)
+                       from jobcast.events e
+                      where e.job_id = $1 and e.type = 'output'
+                        and (e.data->>'attempt')::int = $2 and e.data->>'stream' = $3";
+    let row = super::query_one(client, statement, &[&id.0, &attempt, &stream]).await?;
     Ok(row.try_get(0)?)
 }

@@ -203,7 +203,7 @@ impl Gate {
                     "the stream token does not cover job {id}"
                 )))
             }
-            Stream::Firehose if !grant.firehose => {
+            Stream::Firehose if !grant.firehose && grant.tags.is_none() => {
                 return Err(ApiError::Unauthorized(
                     "the stream token does not open the firehose".into(),
                 ))
@@ -298,6 +298,31 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The tag filters of a firehose request: those asked for plus, with a tag token, the
+    /// token's own (a request may add tags, never drop one; a value other than the token's
+    /// for one of its keys is refused).
+    pub fn tag_filters(
+        &self,
+        requested: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let mut filters: Vec<(String, String)> = requested.to_vec();
+        if let Some(granted) = self.grant.as_ref().and_then(|g| g.tags.as_ref()) {
+            for (key, value) in granted {
+                if let Some((_, other)) = requested.iter().find(|(k, v)| k == key && v != value) {
+                    return Err(ApiError::Unauthorized(format!(
+                        "the stream token follows tag {key}:{value} only, not {key}:{other}"
+                    )));
+                }
+                filters.push((key.clone(), value.clone()));
+            }
+        }
+        filters.sort();
+        filters.dedup();
+        Ok(filters)
+    }
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = std::future::Ready<Result<Caller, ApiError>>;
@@ -328,6 +353,7 @@ pub fn link_token(gate: &Gate, caller: &Caller, job: &mut Job) {
         firehose: false,
         queue: None,
         kind: None,
+        tags: None,
     };
     let (token, _) = gate.secrets.sign(&grant, gate.link_ttl);
     job.links.events = format!("/v1/jobs/{}/events?token={token}", job.id);

@@ -105,12 +105,50 @@ fn accepted(job: &Job) -> HttpResponse {
 pub async fn create_job(
     req: HttpRequest,
     payload: web::Payload,
+    query: web::Query<HashMap<String, String>>,
     caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, &state).await?;
-    let spec = JobSpec::parse(&body)?;
-    let key = idempotency_key(&req)?;
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "wait") {
+        return Err(ApiError::invalid(unknown.as_str(), "unknown query parameter"));
+    }
+    let wait = wait_parameter(&query)?;
+    let response = create_job_now(&req, payload, &caller, &state).await?;
+    let Some(wait) = wait else {
+        return Ok(response);
+    };
+    // Enqueued (or found by its idempotency key): wait for it like GET ?wait= does.
+    let Some(location) = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Ok(response);
+    };
+    let id = parse_job_id(location.rsplit('/').next().unwrap_or_default())?;
+    let mut job = wait_for_terminal(&state, id, caller.tenant(), wait).await?;
+    link_token(&state.gate, &caller, &mut job);
+    let mut answer = if job.status.is_terminal() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Accepted()
+    };
+    Ok(answer
+        .insert_header((header::LOCATION, job.links.this.clone()))
+        .json(job))
+}
+
+async fn create_job_now(
+    req: &HttpRequest,
+    payload: web::Payload,
+    caller: &Caller,
+    state: &WebState,
+) -> Result<HttpResponse, ApiError> {
+    let (req, caller) = (req, caller);
+    let body = read_json(req, payload, state).await?;
+    let spec = JobSpec::parse_with(&body, crate::worker::demo::check_args)?;
+    let key = idempotency_key(req)?;
     let client = state.pool.get().await?;
     let Some(key) = key else {
         let jobs = db::jobs::enqueue_jobs_as(&client, std::slice::from_ref(&spec), caller.tenant())
@@ -120,11 +158,11 @@ pub async fn create_job(
             .next()
             .ok_or_else(|| ApiError::Internal("enqueue returned no job".into()))?;
         tracing::info!(job_id = %job.id, kind = %job.kind, queue = %job.queue, "enqueued");
-        link_token(&state.gate, &caller, &mut job);
+        link_token(&state.gate, caller, &mut job);
         return Ok(accepted(&job));
     };
     let mut enqueued = db::jobs::enqueue_job(&client, &spec, Some(&key), caller.tenant()).await?;
-    link_token(&state.gate, &caller, &mut enqueued.job);
+    link_token(&state.gate, caller, &mut enqueued.job);
     if enqueued.created {
         Ok(accepted(&enqueued.job))
     } else if enqueued.request_hash.as_deref() == Some(spec.fingerprint().as_str()) {
@@ -170,7 +208,7 @@ pub async fn create_batch(
         .enumerate()
         .map(|(index, spec)| {
             // API.md: one bad spec is a 422 naming its index, whatever the fault.
-            JobSpec::parse(spec).map_err(|e| match e.within(&format!("jobs[{index}]")) {
+            JobSpec::parse_with(spec, crate::worker::demo::check_args).map_err(|e| match e.within(&format!("jobs[{index}]")) {
                 crate::job::SpecError::Type { field, detail }
                 | crate::job::SpecError::Rule { field, detail } => ApiError::invalid(field, detail),
             })
@@ -187,31 +225,104 @@ pub async fn create_batch(
 /// `GET /v1/jobs/{id}`
 pub async fn get_job(
     path: web::Path<String>,
-    caller: Caller,
-    state: web::Data<WebState>,
-) -> Result<HttpResponse, ApiError> {
-    let id = parse_job_id(&path)?;
-    let client = state.pool.get().await?;
-    let mut job = db::jobs::get_job(&client, id, caller.tenant())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
-    link_token(&state.gate, &caller, &mut job);
-    Ok(HttpResponse::Ok().json(job))
-}
-
-/// `GET /v1/jobs?queue=&kind=&status=&limit=&cursor=`
-pub async fn list_jobs(
     query: web::Query<HashMap<String, String>>,
     caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let wait = wait_parameter(&query)?;
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "wait") {
+        return Err(ApiError::invalid(unknown.as_str(), "unknown query parameter"));
+    }
+    let mut job = match wait {
+        None => {
+            let client = state.pool.get().await?;
+            db::jobs::get_job(&client, id, caller.tenant())
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?
+        }
+        Some(wait) => wait_for_terminal(&state, id, caller.tenant(), wait).await?,
+    };
+    link_token(&state.gate, &caller, &mut job);
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// `?wait=SECONDS` (1-60).
+fn wait_parameter(query: &HashMap<String, String>) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(raw) = query.get("wait") else {
+        return Ok(None);
+    };
+    match raw.parse::<u64>() {
+        Ok(secs) if (1..=60).contains(&secs) => Ok(Some(std::time::Duration::from_secs(secs))),
+        _ => Err(ApiError::invalid("wait", "must be an integer between 1 and 60 (seconds)")),
+    }
+}
+
+/// The job once it is terminal, or as it is when `wait` ends. Holds no database connection
+/// while it waits: it follows the job's topic of the hub, woken by the notifications that
+/// feed the streams, and reads the job once more when a terminal event arrives (or the hub
+/// says notifications may have been missed, or the wait ends).
+pub async fn wait_for_terminal(
+    state: &WebState,
+    id: JobId,
+    tenant: &str,
+    wait: std::time::Duration,
+) -> Result<Job, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the job is read: a terminal event committed after the read is heard.
+    let mut subscription = state.hub.subscribe(id.0);
+    loop {
+        let job = {
+            let client = state.pool.get().await?;
+            db::jobs::get_job(&client, id, tenant)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?
+        };
+        if job.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(job);
+        }
+        // Until a terminal event, a hint that one may have been missed, or the end.
+        loop {
+            let heard = tokio::select! {
+                heard = subscription.recv() => heard,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = state.shutdown.cancelled() => break,
+            };
+            match heard {
+                Ok(crate::hub::HubMessage::Frame(frame)) if !frame.is_terminal() => continue,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep_until(deadline).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `GET /v1/jobs?queue=&kind=&status=&limit=&cursor=`
+pub async fn list_jobs(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    caller: Caller,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let tags = super::stream::tag_parameters(&req)?;
     let mut filter = db::jobs::JobFilter {
         tenant: caller.tenant().to_owned(),
         limit: 50,
+        tags: (!tags.is_empty()).then(|| {
+            Value::Object(
+                tags.into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            )
+        }),
         ..Default::default()
     };
     for (name, value) in query.iter() {
         match name.as_str() {
+            "tag" => {}
             "queue" => filter.queue = Some(name_filter("queue", value, 64)?),
             "kind" => filter.kind = Some(name_filter("kind", value, 128)?),
             "status" => {
@@ -292,5 +403,47 @@ pub async fn cancel_job(
             "job {id} is already {}",
             job.status.as_str()
         ))),
+    }
+}
+
+/// `GET /v1/jobs/ID/output/NAME?attempt=N`: the whole text of one output stream of the
+/// latest attempt (or attempt N), as `text/plain`, in offset order.
+pub async fn get_output(
+    path: web::Path<(String, String)>,
+    query: web::Query<HashMap<String, String>>,
+    caller: Caller,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, stream) = path.into_inner();
+    let id = parse_job_id(&raw_id)?;
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "attempt") {
+        return Err(ApiError::invalid(unknown.as_str(), "unknown query parameter"));
+    }
+    if !crate::job::is_stream_name(&stream) {
+        return Err(ApiError::NotFound(format!(
+            "no output stream {:?}: names are ^[a-z][a-z0-9_.-]{{0,31}}$",
+            crate::job::clip(&stream, 64)
+        )));
+    }
+    let client = state.pool.get().await?;
+    let job = db::jobs::get_job(&client, id, caller.tenant())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
+    let attempt = match query.get("attempt") {
+        None => job.attempt,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::invalid("attempt", "must be an attempt number (1, 2, ...)"))?,
+    };
+    let text = db::jobs::output_text(&client, id, attempt, &stream).await?;
+    match text {
+        None => Err(ApiError::NotFound(format!(
+            "job {id} has no text in stream {stream:?} (attempt {attempt})"
+        ))),
+        Some(text) => Ok(HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(text)),
     }
 }

@@ -90,6 +90,7 @@ pub fn build(
             .route("/v1/jobs/{id}", web::get().to(jobs::get_job))
             .route("/v1/jobs/{id}/cancel", web::post().to(jobs::cancel_job))
             .route("/v1/jobs/{id}/events", web::get().to(stream::job_events))
+            .route("/v1/jobs/{id}/output/{stream}", web::get().to(jobs::get_output))
             .route("/v1/jobs/{id}/retry", web::post().to(queues::retry_job))
             .route("/v1/queues", web::get().to(queues::list_queues))
             .route(
@@ -215,7 +216,18 @@ async fn request_deadline(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    match tokio::time::timeout(crate::db::DEADLINE, next.call(req)).await {
+    // A request that asks to wait (`?wait=SECONDS`, at most 60) may take that much longer.
+    let waits = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| {
+            q.iter()
+                .find(|(k, _)| k == "wait")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        .min(60);
+    let limit = crate::db::DEADLINE + Duration::from_secs(waits);
+    match tokio::time::timeout(limit, next.call(req)).await {
         Ok(response) => Ok(response?.map_into_boxed_body()),
         Err(_) => Err(ApiError::Unavailable("the database did not answer in time".into()).into()),
     }

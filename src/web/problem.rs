@@ -142,13 +142,7 @@ impl ResponseError for ApiError {
 /// Longest `detail` (and `field`) sent back, in characters.
 const MAX_DETAIL_CHARS: usize = 300;
 
-/// `text` cut to at most `max` characters, with `…` where it was cut.
-pub fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((end, _)) => format!("{}…", &text[..end]),
-    }
-}
+pub use crate::job::clip;
 
 impl From<db::Error> for ApiError {
     fn from(error: db::Error) -> Self {

@@ -206,10 +206,16 @@ pub async fn all_events(
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     for name in query.keys() {
-        if !["queue", "kind", "last_event_id", "token"].contains(&name.as_str()) {
+        if !["queue", "kind", "last_event_id", "token", "tag", "output"].contains(&name.as_str()) {
             return Err(ApiError::invalid(name.as_str(), "unknown query parameter"));
         }
     }
+    let tags = caller.tag_filters(&tag_parameters(&req)?)?;
+    let output = match query.get("output").map(String::as_str) {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(_) => return Err(ApiError::invalid("output", "must be 1 or 0")),
+    };
     // Subscribed before the first table read, so nothing falls in between.
     let pages = state.hub.firehose_pages();
     let cursor = {
@@ -237,6 +243,8 @@ pub async fn all_events(
         queue: caller.firehose_filter("queue", query.get("queue"))?,
         kind: caller.firehose_filter("kind", query.get("kind"))?,
         tenant: caller.tenant().to_owned(),
+        tags,
+        output,
         backlog: VecDeque::new(),
         read_table: true,
         pages,
@@ -250,6 +258,33 @@ pub async fn all_events(
     Ok(respond(&req, stream, &state))
 }
 
+/// The `tag=KEY:VALUE` parameters of a request (repeatable; all must match).
+pub fn tag_parameters(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
+        .into_inner();
+    let mut tags = Vec::new();
+    for (name, value) in pairs {
+        if name != "tag" {
+            continue;
+        }
+        let Some((key, value)) = value.split_once(':') else {
+            return Err(ApiError::invalid("tag", "expected KEY:VALUE"));
+        };
+        if !crate::job::is_stream_name(key) || value.is_empty() || value.chars().count() > 128 {
+            return Err(ApiError::invalid(
+                "tag",
+                "expected KEY:VALUE, KEY ^[a-z][a-z0-9_.-]{0,31}$, VALUE 1-128 characters",
+            ));
+        }
+        tags.push((key.to_owned(), value.to_owned()));
+    }
+    if tags.len() > crate::job::MAX_TAGS {
+        return Err(ApiError::invalid("tag", "at most 16 tags"));
+    }
+    Ok(tags)
+}
+
 /// One firehose client: reads the table itself until it has caught up, then takes the
 /// pages of the process's one reader (see [`crate::hub::Hub::firehose_pages`]), and goes back
 /// to the table whenever it fell behind them.
@@ -258,6 +293,10 @@ struct FirehoseFollower {
     cursor: Cursor,
     /// The caller's tenant: other tenants' events are skipped.
     tenant: String,
+    /// Only jobs carrying all these tags (`?tag=KEY:VALUE`, a tag token's).
+    tags: Vec<(String, String)>,
+    /// Whether `output` events are wanted (`?output=1`).
+    output: bool,
     queue: Option<String>,
     kind: Option<String>,
     backlog: VecDeque<Frame>,
@@ -276,6 +315,8 @@ impl FirehoseFollower {
         frame.tenant.as_deref() == Some(self.tenant.as_str())
             && passes(&self.queue, &frame.queue)
             && passes(&self.kind, &frame.kind)
+            && (self.output || &*frame.event_type != "output")
+            && frame.has_tags(&self.tags)
     }
 
     async fn next(&mut self) -> Option<sse::Event> {

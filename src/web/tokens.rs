@@ -36,7 +36,7 @@ pub async fn create_token(
         .ok_or_else(|| ApiError::BadRequest("body: expected a JSON object".into()))?;
     if let Some(unknown) = object
         .keys()
-        .find(|k| !["jobs", "firehose", "queue", "kind", "ttl_secs"].contains(&k.as_str()))
+        .find(|k| !["jobs", "firehose", "queue", "kind", "ttl_secs", "tags"].contains(&k.as_str()))
     {
         return Err(ApiError::invalid(unknown.as_str(), "unknown field"));
     }
@@ -55,6 +55,29 @@ pub async fn create_token(
             Duration::from_secs(secs as u64)
         }
     };
+    if let Some(tags) = object.get("tags") {
+        if object.contains_key("jobs") || object.contains_key("firehose") {
+            return Err(ApiError::invalid(
+                "tags",
+                "a token holds either jobs, firehose or tags",
+            ));
+        }
+        let tags = crate::job::parse_tags(tags, "tags")
+            .map_err(|e| match e {
+                crate::job::SpecError::Type { field, detail }
+                | crate::job::SpecError::Rule { field, detail } => ApiError::invalid(field, detail),
+            })?
+            .ok_or_else(|| ApiError::invalid("tags", "must hold at least one tag"))?;
+        let grant = Grant {
+            tenant: caller.tenant.clone(),
+            jobs: Vec::new(),
+            firehose: false,
+            queue: None,
+            kind: None,
+            tags: Some(tags),
+        };
+        return Ok(mint(&state, &grant, ttl));
+    }
     let grant = match (object.get("jobs"), object.get("firehose")) {
         (Some(jobs), None) => {
             for field in ["queue", "kind"] {
@@ -73,11 +96,15 @@ pub async fn create_token(
         }
         (None, None) => return Err(ApiError::invalid("jobs", "jobs or firehose is required")),
     };
-    let (token, exp) = state.gate.secrets().sign(&grant, ttl);
+    Ok(mint(&state, &grant, ttl))
+}
+
+fn mint(state: &WebState, grant: &Grant, ttl: Duration) -> HttpResponse {
+    let (token, exp) = state.gate.secrets().sign(grant, ttl);
     let expires_at = DateTime::<Utc>::from_timestamp(exp as i64, 0)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Secs, true);
-    Ok(HttpResponse::Created().json(json!({ "token": token, "expires_at": expires_at })))
+    HttpResponse::Created().json(json!({ "token": token, "expires_at": expires_at }))
 }
 
 async fn jobs_grant(caller: &Caller, jobs: &Value, state: &WebState) -> Result<Grant, ApiError> {
@@ -116,6 +143,7 @@ async fn jobs_grant(caller: &Caller, jobs: &Value, state: &WebState) -> Result<G
         firehose: false,
         queue: None,
         kind: None,
+        tags: None,
     })
 }
 
@@ -150,5 +178,6 @@ fn firehose_grant(
         firehose: true,
         queue,
         kind,
+        tags: None,
     })
 }

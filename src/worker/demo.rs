@@ -53,6 +53,9 @@ const STEPS_BOUNDS: [(&str, u64, u64); 4] = [
 /// Checks a demo job's `args` when it is submitted: a 422 naming the field beats a job
 /// that fails (or worse) on a worker. Other kinds are not the web tier's business.
 pub fn check_args(kind: &str, args: &Value) -> Result<(), SpecError> {
+    if kind == "demo.tokens" {
+        return check_tokens_args(args);
+    }
     if kind != "demo.steps" {
         return Ok(());
     }
@@ -65,7 +68,7 @@ pub fn check_args(kind: &str, args: &Value) -> Result<(), SpecError> {
     for (name, value) in object {
         let Some(&(_, least, most)) = STEPS_BOUNDS.iter().find(|(n, _, _)| n == name) else {
             return Err(SpecError::Rule {
-                field: format!("args.{}", crate::web::problem::clip(name, 64)),
+                field: format!("args.{}", crate::job::clip(name, 64)),
                 detail: "unknown argument of demo.steps".into(),
             });
         };
@@ -134,15 +137,104 @@ pub async fn steps(ctx: JobContext, args: StepsArgs) -> Result<Value, HandlerErr
     Ok(json!({ "steps": args.steps }))
 }
 
+/// Arguments of `demo.tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensArgs {
+    /// How many tokens.
+    #[serde(default = "default_tokens")]
+    pub tokens: u32,
+    /// Milliseconds between tokens.
+    #[serde(default = "default_token_ms")]
+    pub token_ms: u64,
+    /// The output stream.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+}
+
+fn default_tokens() -> u32 {
+    50
+}
+
+fn default_token_ms() -> u64 {
+    20
+}
+
+fn default_stream() -> String {
+    super::output::DEFAULT_STREAM.to_owned()
+}
+
+fn check_tokens_args(args: &Value) -> Result<(), SpecError> {
+    let Some(object) = args.as_object() else {
+        return Err(SpecError::Rule {
+            field: "args".into(),
+            detail: "demo.tokens takes an object".into(),
+        });
+    };
+    for (name, value) in object {
+        let fits = match name.as_str() {
+            "tokens" => value.as_u64().is_some_and(|n| (1..=100_000).contains(&n)),
+            "token_ms" => value.as_u64().is_some_and(|n| n <= 10_000),
+            "stream" => value.as_str().is_some_and(crate::job::is_stream_name),
+            _ => {
+                return Err(SpecError::Rule {
+                    field: format!("args.{}", crate::job::clip(name, 64)),
+                    detail: "unknown argument of demo.tokens".into(),
+                })
+            }
+        };
+        if !fits {
+            let detail = match name.as_str() {
+                "tokens" => "must be an integer between 1 and 100000",
+                "token_ms" => "must be an integer between 0 and 10000",
+                _ => "must be a stream name: ^[a-z][a-z0-9_.-]{0,31}$",
+            };
+            return Err(SpecError::Rule {
+                field: format!("args.{name}"),
+                detail: detail.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `demo.tokens`: appends `"tok1 "`, `"tok2 "`, … to an output stream, one every
+/// `token_ms`, as an LLM streams its answer; cancellable between tokens.
+pub async fn tokens(ctx: JobContext, args: TokensArgs) -> Result<Value, HandlerError> {
+    let checked = json!({"tokens": args.tokens, "token_ms": args.token_ms, "stream": args.stream});
+    check_args("demo.tokens", &checked)
+        .map_err(|e| HandlerError::fatal(format!("invalid args: {e}")))?;
+    let mut bytes = 0u64;
+    // Paced against a schedule, not by sleeping after each token: a slow tick does not
+    // slow the whole answer down.
+    let started = tokio::time::Instant::now();
+    for n in 1..=args.tokens {
+        if args.token_ms > 0 {
+            let due = started + Duration::from_millis(args.token_ms * u64::from(n - 1));
+            tokio::select! {
+                _ = ctx.cancelled() => return Err(HandlerError::Cancelled),
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        } else if ctx.is_cancelled() {
+            return Err(HandlerError::Cancelled);
+        }
+        let token = format!("tok{n} ");
+        ctx.append(&args.stream, &token)?;
+        bytes += token.len() as u64;
+    }
+    Ok(json!({ "tokens": args.tokens, "bytes": bytes }))
+}
+
 /// `demo.echo`: succeeds at once with its args as the result.
 pub async fn echo(_ctx: JobContext, args: Value) -> Result<Value, HandlerError> {
     Ok(args)
 }
 
 impl Registry {
-    /// Adds `demo.steps` and `demo.echo`.
+    /// Adds `demo.steps`, `demo.echo` and `demo.tokens`.
     pub fn with_demo_handlers(self) -> Registry {
         self.register("demo.steps", steps)
             .register("demo.echo", echo)
+            .register("demo.tokens", tokens)
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! `group` stops process groups (and runs the reaper), `output` handles the pipes,
 //! `protocol` reads the messages and builds the `error` object.
+use super::output::AppendError;
 use super::writer::WriteOutcome;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -184,6 +185,13 @@ fn answer(reply: Result<Reply, oneshot::error::RecvError>) -> Answer {
     }
 }
 
+/// What one stdout line asks for.
+enum Line {
+    Event(Value),
+    Append(String, String),
+    Nothing,
+}
+
 /// What one attempt's loop has learnt so far.
 struct Run {
     job_id: JobId,
@@ -240,11 +248,22 @@ impl Attempt {
             tokio::select! {
                 read = next_with_permit(&pending, &budget, stdout.as_mut()), if stdout.is_some() => match read {
                     Some((permit, mut room, Some((piece, ends_line)))) => {
-                        if let Some(event) = run.on_stdout(&piece, ends_line) {
-                            // The line's share of the room stays taken until it is answered.
-                            let kib = (piece.len() / 1024 + 1).min(MAX_MESSAGE_BYTES / 1024 + 1) as u32;
-                            let held = room.split(kib as usize);
-                            permit.send((ctx.writer.queue_event(job_id, ctx.attempt, event), held));
+                        match run.on_stdout(&piece, ends_line) {
+                            Line::Event(event) => {
+                                // Text printed before the event goes before it.
+                                ctx.output.flush();
+                                // The line's share of the room stays taken until it is answered.
+                                let kib = (piece.len() / 1024 + 1).min(MAX_MESSAGE_BYTES / 1024 + 1) as u32;
+                                let held = room.split(kib as usize);
+                                permit.send((ctx.writer.queue_event(job_id, ctx.attempt, event), held));
+                            }
+                            Line::Append(stream, text) => match ctx.output.append(&stream, &text) {
+                                Ok(()) => {}
+                                Err(AppendError::Stopped) => run.stop(Stop::Refused),
+                                Err(AppendError::BadName(why)) => run.stop(Stop::Violation(why)),
+                                Err(AppendError::Failed(why)) => run.stop(Stop::Violation(why)),
+                            },
+                            Line::Nothing => {}
                         }
                     }
                     Some((_, _, None)) => stdout = None,
@@ -325,28 +344,37 @@ impl Run {
         }
     }
 
-    /// Takes one piece of stdout; the event to record, if it is one.
-    fn on_stdout(&mut self, piece: &[u8], ends_line: bool) -> Option<Value> {
+    /// Takes one piece of stdout; what to write for it.
+    fn on_stdout(&mut self, piece: &[u8], ends_line: bool) -> Line {
         let inside_long_line = std::mem::replace(&mut self.skipping_long_line, !ends_line);
         if inside_long_line || !ends_line {
             if !inside_long_line {
                 tracing::warn!(job_id = %self.job_id, "stdout line over {MAX_MESSAGE_BYTES} bytes skipped");
             }
-            return None;
+            return Line::Nothing;
         }
         if self.stop.is_some() {
-            return None;
+            return Line::Nothing;
         }
         match message(piece) {
-            Message::Event(event) => return Some(event),
+            Message::Event(event) => return Line::Event(event),
+            Message::Append(stream, text) => return Line::Append(stream, text),
             Message::Result(result) => self.result = Some(result),
             Message::Error(message, retry) => self.error = Some((message, retry)),
             Message::Violation(why) => self.stop(Stop::Violation(why)),
+            Message::Plain => {
+                let text = String::from_utf8_lossy(piece);
+                tracing::info!(job_id = %self.job_id, stream = "stdout", "{text}");
+                // A script's prints show up on the job's page: the `log` stream.
+                let mut line = text.trim_end_matches(['\n', '\r']).to_owned();
+                line.push('\n');
+                return Line::Append("log".to_owned(), line);
+            }
             Message::Other => {
                 tracing::info!(job_id = %self.job_id, stream = "stdout", "{}", String::from_utf8_lossy(piece));
             }
         }
-        None
+        Line::Nothing
     }
 
     /// How the attempt ended, from why it was stopped, what it printed and its exit status.

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::output::{AppendError, Output};
 use super::writer::{WriteOutcome, Writer};
 use crate::job::{is_custom_event_type, JobId};
 
@@ -205,6 +206,7 @@ pub struct JobContext {
     pub(super) queue: String,
     pub(super) cancel: CancellationToken,
     pub(super) writer: Writer,
+    pub(super) output: Output,
 }
 
 impl JobContext {
@@ -265,6 +267,26 @@ impl JobContext {
         self.record(event).await
     }
 
+    /// Appends `text` to the output stream `stream` (`output` is the usual name; `log` is
+    /// what `--exec` prints). Returns at once: the worker coalesces appends and writes one
+    /// `output` event per stream per flush window. `Err(Cancelled)` once the attempt was
+    /// cancelled or lost its lease; `Err(Fatal)` for a bad stream name or past
+    /// `--max-output-bytes` (the attempt then fails, not retried, whatever the handler does).
+    pub fn append(&self, stream: &str, text: &str) -> Result<(), HandlerError> {
+        match self.output.append(stream, text) {
+            Ok(()) => Ok(()),
+            Err(AppendError::Stopped) => Err(HandlerError::Cancelled),
+            Err(AppendError::BadName(reason)) | Err(AppendError::Failed(reason)) => {
+                Err(HandlerError::fatal(reason))
+            }
+        }
+    }
+
+    /// Bytes this attempt appended so far, across its output streams.
+    pub fn output_bytes(&self) -> u64 {
+        self.output.bytes()
+    }
+
     /// Whether the job was cancelled or this attempt lost its lease.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
@@ -279,6 +301,8 @@ impl JobContext {
         if self.cancel.is_cancelled() {
             return Err(HandlerError::Cancelled);
         }
+        // Text appended before the event is written before it.
+        self.output.flush();
         match self.writer.event(self.job_id, self.attempt, event).await {
             WriteOutcome::Accepted => Ok(()),
             WriteOutcome::Refused => {

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod exec;
 mod handler;
 mod maintenance;
+pub mod output;
 mod presence;
 pub mod writer;
 
@@ -401,12 +402,21 @@ async fn run_attempt(state: &State, job: &Job, cancel: CancellationToken) -> Out
             job.kind
         ))));
     };
+    let output = output::Output::start(
+        job.job_id,
+        job.attempt,
+        state.writer.clone(),
+        cancel.clone(),
+        Duration::from_millis(state.args.output_flush_ms),
+        state.args.max_output_bytes,
+    );
     let ctx = JobContext {
         job_id: job.job_id,
         attempt: job.attempt,
         queue: job.queue.clone(),
         cancel,
         writer: state.writer.clone(),
+        output: output.clone(),
     };
     // A task of its own, so that a panicking handler fails its attempt, not the worker.
     let mut task = tokio::spawn(handler.run(ctx, job.args.clone()));
@@ -414,7 +424,7 @@ async fn run_attempt(state: &State, job: &Job, cancel: CancellationToken) -> Out
         .timeout_secs
         .map(|secs| Duration::from_secs(secs.max(1) as u64))
         .unwrap_or(Duration::MAX);
-    tokio::select! {
+    let outcome = tokio::select! {
         joined = &mut task => Outcome::Done(match joined {
             Ok(result) => result,
             Err(e) if e.is_panic() => Err(HandlerError::retryable(format!("handler panicked: {}", panic_message(e)))),
@@ -428,6 +438,20 @@ async fn run_attempt(state: &State, job: &Job, cancel: CancellationToken) -> Out
             task.abort();
             Outcome::Stopped
         }
+    };
+    // Every text appended so far is queued before the outcome: it commits with it or before.
+    match (output.close(), outcome) {
+        // Past --max-output-bytes (or a chunk PostgreSQL refused): the attempt fails, not
+        // retried, whatever the handler made of the refused append.
+        (Some(reason), Outcome::Done(done))
+            if !matches!(done, Err(HandlerError::Cancelled)) =>
+        {
+            Outcome::Done(Err(HandlerError::Failed {
+                error: json!({"message": reason, "fatal": true}),
+                retryable: false,
+            }))
+        }
+        (_, outcome) => outcome,
     }
 }
 

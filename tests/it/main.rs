@@ -23,6 +23,7 @@ mod listen_url;
 mod lease_loss;
 mod load_balancer;
 mod operations;
+mod output;
 mod pgbouncer;
 mod postgres_restart;
 mod proxies;

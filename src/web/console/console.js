@@ -1,12 +1,14 @@
-// The jobcast console: an overview per queue, the workers seen, a live job list fed by the
-// firehose (one SSE connection), and a job page with its live event log. No build step:
-// embedded in the binary with /client.js, which it uses for a job's own stream.
+// The jobcast console: an overview per queue (with its limits), the schedules, the workers
+// seen, a live job list fed by the firehose (one SSE connection), and a job page with its
+// live event log and output streams. No build step: embedded in the binary with /client.js,
+// which it uses for a job's own stream.
 import { follow, readEvents } from '/client.js';
 
 const LIST_CAP = 300; // rows kept in the job list; older ones fall off the bottom
 const FLUSH_MS = 100; // DOM updates are batched at most this often
 const OVERVIEW_EVERY_MS = 5000;
 const TERMINAL = ['succeeded', 'failed', 'cancelled'];
+const OUTPUT_SHOWN = 256 * 1024; // characters of an output stream kept on the page (its tail)
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -82,12 +84,27 @@ function ago(iso) {
   return duration((Date.now() - Date.parse(iso)) / 1000) + ' ago';
 }
 
+// "in 30 s", "in 5 min", "due now": never "in 0 minutes".
+function until(iso) {
+  if (!iso) return '';
+  const s = (Date.parse(iso) - Date.now()) / 1000;
+  return s < 0.5 ? 'due now' : `in ${duration(s)}`;
+}
+
 function duration(s) {
   if (s < 1) return `${Math.max(0, Math.round(s * 1000))} ms`;
   if (s < 90) return `${Math.round(s)} s`;
   if (s < 5400) return `${Math.round(s / 60)} min`;
-  return `${(s / 3600).toFixed(1)} h`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${Math.round(s / 86400)} days`;
 }
+
+// The server's hints count whole minutes ("in 0 minutes", "in 1 minutes"): said better.
+function hintText(hint) {
+  return hint && hint.replace(/\bin (\d+) minutes\b/, (_, n) => (n === '0' ? 'in under a minute' : n === '1' ? 'in 1 minute' : `in ${n} minutes`));
+}
+
+const tagText = (tags) => Object.entries(tags || {}).map(([k, v]) => `${k}:${v}`);
 
 function statusBadge(status) {
   return h('span', { class: `status ${status}` }, status);
@@ -201,17 +218,49 @@ const firehose = {
   },
 };
 
-// ---- overview ---------------------------------------------------------------------------
+// ---- overview ----------------------------------------------------------------------------
+
+// GET /v1/schedules on a server without schedules (404): not asked again by this page.
+let schedulesAbsent = false;
+
+async function loadSchedules() {
+  if (schedulesAbsent) return null;
+  try {
+    return (await api('/v1/schedules')).schedules || [];
+  } catch (e) {
+    if (e.status === 404 || e.status === 405) schedulesAbsent = true;
+    else if (e.status !== 403) throw e;
+    return null;
+  }
+}
+
+// A queue's limits (PATCH /v1/queues/NAME), as "≤ 4 running · 10/s (burst 20)".
+function limitsText(q) {
+  const parts = [];
+  if (q.concurrency != null) parts.push(`≤ ${q.concurrency} running`);
+  if (q.rate_per_second != null) {
+    const burst = q.burst != null && q.burst !== q.rate_per_second ? ` (burst ${q.burst})` : '';
+    parts.push(`${q.rate_per_second}/s${burst}`);
+  }
+  return parts.join(' · ') || '–';
+}
+
+function orphanHint(o) {
+  const waited = o.oldest_due_seconds < 60 ? `${Math.max(1, Math.round(o.oldest_due_seconds))} s` : duration(o.oldest_due_seconds);
+  return `no live worker takes kind ${o.kind} from queue ${o.queue}: its oldest job has waited ${waited}`;
+}
 
 async function renderOverview(root) {
   let data;
   try {
-    const [queues, workers] = await Promise.all([api('/v1/queues'), api('/v1/workers')]);
-    data = { queues: queues.queues, workers: workers.workers, orphans: workers.kinds_without_worker || [] };
+    const [queues, workers, schedules] = await Promise.all([api('/v1/queues'), api('/v1/workers'), loadSchedules()]);
+    data = { queues: queues.queues, workers: workers.workers, orphans: workers.kinds_without_worker || [], schedules };
   } catch (e) {
     root.replaceChildren(h('p', { class: 'muted' }, `Overview unavailable: ${e.message}`));
     return;
   }
+  // The limits column, once the server knows about queue limits (the fields exist, even null).
+  const limits = data.queues.some((q) => 'concurrency' in q || 'rate_per_second' in q);
   const queueRows = data.queues.map((q) => {
     const done = q.succeeded_per_minute.map((n, i) => n + q.failed_per_minute[i]);
     const total = done.reduce((a, b) => a + b, 0);
@@ -242,6 +291,7 @@ async function renderOverview(root) {
         h('td', { class: 'num' }, q.jobs[s] ? h('a', { href: `#/?queue=${encodeURIComponent(q.name)}&status=${s}` }, q.jobs[s]) : 0),
       ),
       h('td', { class: 'num' }, q.oldest_queued_seconds > 0 ? duration(q.oldest_queued_seconds) : '–'),
+      limits ? h('td', { class: 'limits' }, limitsText(q)) : null,
       h('td', { class: 'num' }, (total / 15).toFixed(1)),
       h('td', {}, sparkline(done)),
       h('td', { class: 'num' }, total ? `${((100 * failed) / total).toFixed(1)} %` : '–'),
@@ -277,6 +327,7 @@ async function renderOverview(root) {
                 h('th', {}, 'queue'),
                 ...STATUSES.map((s) => h('th', { class: 'num' }, s)),
                 h('th', { class: 'num' }, 'oldest queued'),
+                limits ? h('th', {}, 'limits') : null,
                 h('th', { class: 'num' }, 'jobs/min (15 min)'),
                 h('th', {}, 'last 15 min'),
                 h('th', { class: 'num' }, 'failure rate'),
@@ -286,8 +337,9 @@ async function renderOverview(root) {
             h('tbody', {}, queueRows),
           )
         : h('p', { class: 'muted' }, 'No jobs yet.'),
-      data.orphans.map((o) => h('p', { class: 'hint', 'data-orphan': o.kind }, `⚠ ${o.hint} — ${o.jobs} job(s) waiting`)),
+      data.orphans.map((o) => h('p', { class: 'hint', 'data-orphan': o.kind }, `⚠ ${orphanHint(o)} — ${o.jobs} job(s) waiting`)),
     ),
+    data.schedules ? schedulesSection(data.schedules, () => renderOverview(root)) : null,
     h(
       'section',
       {},
@@ -304,15 +356,83 @@ async function renderOverview(root) {
   );
 }
 
+// The last run of a schedule, whichever way the server spells it.
+function lastRun(s) {
+  const last = s.last_run || {};
+  const at = s.last_run_at || s.last_scheduled_for || last.scheduled_for || last.at || last.created_at;
+  const job = s.last_job_id || last.job_id || last.id;
+  if (!at && !job) return 'never';
+  return h('span', {}, at ? h('span', { title: at }, ago(at)) : null, job ? [' ', h('a', { href: `#/jobs/${job}` }, `job ${job}`)] : null);
+}
+
+function schedulesSection(schedules, rerender) {
+  const rows = schedules.map((s) =>
+    h(
+      'tr',
+      { 'data-schedule': s.name },
+      h('td', {}, s.name, ' ', s.paused ? statusBadge('paused') : null),
+      h('td', {}, h('code', {}, s.cron != null ? s.cron : `every ${s.every}`)),
+      h('td', {}, s.timezone || 'UTC'),
+      h('td', {}, (s.job && s.job.kind) || ''),
+      h('td', { class: 'next-run', title: s.next_run_at || '' }, s.paused ? 'paused' : s.next_run_at ? until(s.next_run_at) : '–'),
+      h('td', { class: 'last-run' }, lastRun(s)),
+      h(
+        'td',
+        {},
+        h(
+          'button',
+          {
+            class: s.paused ? 'primary' : 'danger',
+            onclick: async (e) => {
+              e.target.disabled = true;
+              try {
+                await api(`/v1/schedules/${encodeURIComponent(s.name)}/${s.paused ? 'resume' : 'pause'}`, { method: 'POST' });
+              } catch (err) {
+                flash(`Could not change schedule ${s.name}: ${err.message}`, false);
+              }
+              rerender();
+            },
+          },
+          s.paused ? 'Resume' : 'Pause',
+        ),
+      ),
+    ),
+  );
+  return h(
+    'section',
+    { id: 'schedules' },
+    h('h2', {}, 'Schedules'),
+    schedules.length
+      ? h(
+          'table',
+          {},
+          h('thead', {}, h('tr', {}, ['name', 'cron / every', 'timezone', 'job', 'next run', 'last run', ''].map((t) => h('th', {}, t)))),
+          h('tbody', {}, rows),
+        )
+      : h('p', { class: 'muted' }, 'No schedules. Create one with POST /v1/schedules or --schedules FILE.'),
+  );
+}
+
 // ---- job list ---------------------------------------------------------------------------
 
 function filtersFromHash() {
   const query = new URLSearchParams(location.hash.split('?')[1] || '');
-  return { queue: query.get('queue') || '', kind: query.get('kind') || '', status: query.get('status') || '', text: query.get('text') || '' };
+  return {
+    queue: query.get('queue') || '',
+    kind: query.get('kind') || '',
+    status: query.get('status') || '',
+    text: query.get('text') || '',
+    // KEY:VALUE each; the input takes several, separated by spaces or commas.
+    tags: query.getAll('tag').flatMap((t) => t.split(/[\s,]+/)).filter((t) => t.includes(':')),
+  };
 }
 
 function matches(filters, job) {
   if (filters.queue && job.queue !== filters.queue) return false;
+  for (const tag of filters.tags) {
+    const at = tag.indexOf(':');
+    if (!job.tags || job.tags[tag.slice(0, at)] !== tag.slice(at + 1)) return false;
+  }
   if (filters.kind && job.kind !== filters.kind) return false;
   if (filters.status && job.status !== filters.status) return false;
   if (filters.text) {
@@ -337,7 +457,7 @@ function jobList(root, filters) {
     if (!tr.children.length) {
       tr.append(
         h('span', {}, h('a', { href: `#/jobs/${job.id}` }, job.id)),
-        h('span', {}, job.kind),
+        h('span', { title: [job.kind, ...tagText(job.tags)].join(' ') }, job.kind, ...tagText(job.tags).map((t) => [' ', h('span', { class: 'tag' }, t)])),
         h('span', {}, job.queue),
         h('span', {}, h('span', { class: 'status' })),
         h('span', {}, h('span', { class: 'bar' }, h('i')), ' ', h('span', { class: 'muted' })),
@@ -355,9 +475,10 @@ function jobList(root, filters) {
     c[4].lastChild.textContent = job.message || (job.progress != null ? `${Math.round(pct)} %` : '');
     // Jobs first seen in the firehose do not know their max_attempts until they are loaded.
     c[5].textContent = job.max_attempts ? `${job.attempt}/${job.max_attempts}` : String(job.attempt);
-    c[6].className = job.hint ? 'hint' : 'muted';
-    c[6].textContent = job.hint || new Date(job.updated_at).toLocaleTimeString();
-    c[6].title = job.hint || job.updated_at;
+    const hint = hintText(job.hint);
+    c[6].className = hint ? 'hint' : 'muted';
+    c[6].textContent = hint || new Date(job.updated_at).toLocaleTimeString();
+    c[6].title = hint || job.updated_at;
   }
 
   function flush() {
@@ -430,7 +551,7 @@ function jobList(root, filters) {
     // job is older than this page and not on it.
     const entered = filters.status && e.status === filters.status;
     if (!(e.type === 'queued' && e.seq === 1) && !entered) return;
-    const job = { id, kind: e.kind, queue: e.queue, status: e.status, attempt: e.attempt, max_attempts: null, progress: e.type === 'progress' ? e.progress : null, message: e.type === 'progress' ? e.message : null, last_event_id: e.seq, updated_at: e.at };
+    const job = { id, kind: e.kind, queue: e.queue, tags: e.tags, status: e.status, attempt: e.attempt, max_attempts: null, progress: e.type === 'progress' ? e.progress : null, message: e.type === 'progress' ? e.message : null, last_event_id: e.seq, updated_at: e.at };
     if (matches(filters, job)) schedule(job);
   }
 
@@ -438,6 +559,7 @@ function jobList(root, filters) {
     more.disabled = true;
     const query = new URLSearchParams({ limit: '100' });
     for (const k of ['queue', 'kind', 'status']) if (filters[k]) query.set(k, filters[k]);
+    for (const tag of filters.tags) query.append('tag', tag);
     if (cursor) query.set('cursor', cursor);
     try {
       if (filters.text && /^\d+$/.test(filters.text) && !cursor) {
@@ -463,8 +585,8 @@ function jobList(root, filters) {
     }
   }
 
-  const input = (name, placeholder) =>
-    h('input', { name, placeholder, value: filters[name], size: 14 });
+  const input = (name, placeholder, value = filters[name]) =>
+    h('input', { name, placeholder, value, size: 14 });
   const status = h('select', { name: 'status' }, h('option', { value: '' }, 'any status'), STATUSES.map((s) => h('option', { value: s, selected: filters.status === s }, s)));
   const form = h(
     'form',
@@ -482,11 +604,20 @@ function jobList(root, filters) {
     input('kind', 'kind'),
     status,
     input('text', 'id or kind contains'),
+    input('tag', 'tag key:value', filters.tags.join(' ')),
     h('button', { class: 'primary' }, 'Filter'),
     h('button', { type: 'button', onclick: () => (location.hash = '#/') }, 'Clear'),
     count,
   );
   status.addEventListener('change', () => form.requestSubmit());
+  const submit = async (spec) => {
+    try {
+      return await api('/v1/jobs', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(spec) });
+    } catch (err) {
+      flash(`Could not submit: ${err.message}`, false);
+      return null;
+    }
+  };
   const submitForm = h(
     'form',
     {
@@ -495,19 +626,36 @@ function jobList(root, filters) {
       onsubmit: async (e) => {
         e.preventDefault();
         const f = submitForm.elements;
+        let spec;
         try {
-          const spec = { kind: f.kind.value.trim(), args: JSON.parse(f.args.value || '{}') };
-          if (f.queue.value.trim()) spec.queue = f.queue.value.trim();
-          await api('/v1/jobs', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(spec) });
+          spec = { kind: f.kind.value.trim(), args: JSON.parse(f.args.value || '{}') };
         } catch (err) {
-          flash(`Could not submit: ${err.message}`, false);
+          flash(`Could not submit: args: ${err.message}`, false);
+          return;
         }
+        if (f.queue.value.trim()) spec.queue = f.queue.value.trim();
+        await submit(spec);
       },
     },
     h('input', { name: 'kind', value: 'demo.steps', size: 12, 'aria-label': 'kind' }),
     h('input', { name: 'args', value: '{"steps": 10, "step_ms": 500}', size: 30, 'aria-label': 'args (JSON)' }),
     h('input', { name: 'queue', placeholder: 'queue (default)', size: 12 }),
     h('button', {}, 'Submit a job'),
+    // One click each: a job with progress, and one that streams text as an LLM would (its
+    // page shows the text arriving).
+    h('button', { type: 'button', id: 'demo-steps', onclick: () => submit({ kind: 'demo.steps', args: { steps: 10, step_ms: 500 } }) }, 'Run demo.steps'),
+    h(
+      'button',
+      {
+        type: 'button',
+        id: 'demo-tokens',
+        onclick: async () => {
+          const job = await submit({ kind: 'demo.tokens', args: { tokens: 200, token_ms: 20 } });
+          if (job) location.hash = `#/jobs/${job.id}`;
+        },
+      },
+      'Run demo.tokens',
+    ),
   );
   root.replaceChildren(
     h(
@@ -540,6 +688,10 @@ function jobPage(root, id) {
   const log = h('tbody', { id: 'log' });
   const details = h('div');
   const attempts = h('tbody');
+  const panes = h('div', { id: 'output-panes' });
+  const outputSection = h('section', { id: 'output', hidden: true }, h('h2', {}, 'Output (live)'), panes);
+  const shown = new Map(); // stream -> { pre, length (characters of its text shown), attempt }
+  let paint = null;
 
   async function refresh() {
     clearTimeout(refreshTimer);
@@ -579,7 +731,8 @@ function jobPage(root, id) {
         h('button', { id: 'cancel', class: 'danger', disabled: TERMINAL.includes(job.status), onclick: () => act('cancel') }, 'Cancel'),
         h('button', { id: 'retry', class: 'primary', disabled: !['failed', 'cancelled'].includes(job.status), onclick: () => act('retry') }, 'Retry'),
       ),
-      job.hint ? h('p', { class: 'hint' }, `⚠ ${job.hint}`) : null,
+      job.hint ? h('p', { class: 'hint' }, `⚠ ${hintText(job.hint)}`) : null,
+      job.waiting_for && job.status === 'queued' ? h('p', { class: 'hint', id: 'waiting-for' }, `waiting for: ${waitingText(job.waiting_for)}`) : null,
       h(
         'dl',
         { class: 'grid' },
@@ -587,7 +740,11 @@ function jobPage(root, id) {
         field('queue', job.queue),
         field('attempt', `${job.attempt} of ${job.max_attempts}`),
         field('priority', job.priority),
-        field('subscribers', h('span', { id: 'subscribers' }, job.subscribers)),
+        job.tags && Object.keys(job.tags).length
+          ? field('tags', h('span', { id: 'tags' }, tagText(job.tags).map((t) => [h('a', { class: 'tag', href: `#/?tag=${encodeURIComponent(t)}` }, t), ' '])))
+          : null,
+        job.schedule ? field('schedule', `${job.schedule} (slot ${job.scheduled_for || '?'})`) : null,
+        field('subscribers', h('span', { id: 'subscribers' }, subscribersText(job.subscribers))),
         field('created', `${job.created_at} (${ago(job.created_at)})`),
         field('run at', job.run_at),
         field('started', job.started_at || '–'),
@@ -601,6 +758,14 @@ function jobPage(root, id) {
       h('div', { class: 'row' }, h('code', { class: 'curl', id: 'curl' }, curl), h('button', { onclick: () => navigator.clipboard && navigator.clipboard.writeText(curl) }, 'Copy')),
     ];
     details.replaceChildren(...parts.flat(2).filter((part) => part != null));
+  }
+
+  // The count is published every few seconds by each serve process, so this page's own
+  // stream may not be in it yet: while it follows the job, it counts itself.
+  function subscribersText(n) {
+    const self = following ? !following.closed : !TERMINAL.includes(job.status);
+    if (!self) return String(n);
+    return `${Math.max(1, n)} (this page included)`;
   }
 
   // The message first, then stderr (exec handlers), then whatever else the error carries.
@@ -630,9 +795,79 @@ function jobPage(root, id) {
     );
   }
 
+  // One row for a run of output events of one stream: tokens would flood the log otherwise.
+  function addOutputEvent(e) {
+    const d = e.data;
+    const last = log.lastElementChild;
+    const bytes = new TextEncoder().encode(d.text).length;
+    if (last && last.dataset.stream === d.stream && last.dataset.attempt === String(d.attempt)) {
+      const count = Number(last.dataset.count) + 1;
+      const total = Number(last.dataset.bytes) + bytes;
+      Object.assign(last.dataset, { lastSeq: e.id, count, bytes: total });
+      last.children[0].textContent = `${last.dataset.seq}–${e.id}`;
+      last.children[4].textContent = `${d.stream}: ${count} appends, ${total} bytes`;
+      return;
+    }
+    log.append(
+      h(
+        'tr',
+        { 'data-seq': e.id, 'data-stream': d.stream, 'data-attempt': d.attempt, 'data-count': 1, 'data-bytes': bytes, class: 'output-row' },
+        h('td', { class: 'num' }, e.id),
+        h('td', {}, 'output'),
+        h('td', {}, d.at),
+        h('td', {}, `attempt ${d.attempt}`),
+        h('td', {}, `${d.stream}: 1 append, ${bytes} bytes`),
+      ),
+    );
+  }
+
+  // A terminal-like pane per output stream, following its tail unless scrolled up.
+  function paneFor(stream) {
+    let pane = shown.get(stream);
+    if (!pane) {
+      const pre = h('pre', { class: 'term', 'data-stream': stream, id: `output-${stream}` });
+      const raw = h('a', { class: 'muted', href: `/v1/jobs/${id}/output/${encodeURIComponent(stream)}`, target: '_blank' }, 'whole text');
+      panes.append(h('div', { class: 'stream' }, h('div', { class: 'row' }, h('h3', {}, stream), keyStore.get() ? null : raw), pre));
+      pane = { pre, length: 0, chars: 0 };
+      shown.set(stream, pane);
+      outputSection.hidden = false;
+    }
+    return pane;
+  }
+
+  function paintOutput() {
+    paint = null;
+    const text = following ? following.output : {};
+    for (const [stream, pane] of shown) {
+      const all = text[stream] || '';
+      const pre = pane.pre;
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      // A new attempt (the text started again), the first paint, or a burst past the limit:
+      // the whole tail; else only what is new. Past twice the limit, only the tail stays.
+      if (all.length < pane.length || pane.length === 0 || pane.chars + all.length - pane.length > 2 * OUTPUT_SHOWN) {
+        pre.textContent = all.length > OUTPUT_SHOWN ? all.slice(-OUTPUT_SHOWN) : all;
+        pane.chars = Math.min(all.length, OUTPUT_SHOWN);
+      } else if (all.length > pane.length) {
+        pre.append(all.slice(pane.length));
+        pane.chars += all.length - pane.length;
+      }
+      pane.length = all.length;
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    }
+  }
+
+  function onOutput(stream) {
+    paneFor(stream);
+    // At most one paint per frame, however fast the tokens come.
+    if (!paint) paint = requestAnimationFrame(paintOutput);
+  }
+
   function addEvent(e) {
     events.push(e);
     const d = e.data;
+    if (e.type === 'output') return addOutputEvent(e);
+    // A new attempt starts its streams again: the panes are emptied (and refilled).
+    if (e.type === 'started' && shown.size && !paint) paint = requestAnimationFrame(paintOutput);
     const summary =
       e.type === 'progress'
         ? `${d.progress} % ${d.message || ''}`
@@ -665,8 +900,9 @@ function jobPage(root, id) {
       onEvent: (e) => {
         lastId = e.id;
         addEvent(e);
-        if (e.type !== 'progress') refresh();
+        if (e.type !== 'progress' && e.type !== 'output') refresh();
       },
+      onOutput,
       onDone: () => refresh(),
       onError: (e) => {
         if (!e.retrying) flash(`Job stream: ${e.message}`, false);
@@ -677,14 +913,27 @@ function jobPage(root, id) {
   root.replaceChildren(
     h('p', {}, h('a', { href: '#/' }, '← all jobs')),
     h('section', {}, details),
+    outputSection,
     h('section', {}, h('h2', {}, 'Attempts'), h('table', {}, h('thead', {}, h('tr', {}, ['#', 'started', 'ended', 'outcome', 'error'].map((t) => h('th', {}, t)))), attempts)),
     h('section', {}, h('h2', {}, 'Events (live)'), h('div', { class: 'logbox' }, h('table', { class: 'log' }, h('thead', {}, h('tr', {}, ['id', 'type', 'at', 'attempt', ''].map((t) => h('th', {}, t)))), log))),
   );
   refresh().then(startFollowing);
   return () => {
     clearTimeout(refreshTimer);
+    cancelAnimationFrame(paint);
     if (following) following.close();
   };
+}
+
+function waitingText(reason) {
+  return (
+    {
+      concurrency_key: 'a free slot of its concurrency key',
+      queue_concurrency: "a free slot of its queue's concurrency limit",
+      queue_rate: "its queue's rate limit",
+      paused: 'its queue to be resumed',
+    }[reason] || reason
+  );
 }
 
 // ---- routing ----------------------------------------------------------------------------

@@ -11,13 +11,18 @@ pub(super) enum Message {
     Result(Value),
     Error(String, bool),
     Violation(String),
+    /// `{"append": TEXT, "stream": NAME}`: text for an output stream.
+    Append(String, String),
+    /// A line that is not a JSON object: for the worker's log and the `log` stream.
+    Plain,
+    /// A JSON object with none of the keys: for the worker's log only.
     Other,
 }
 
 /// Parses one complete stdout line.
 pub(super) fn message(line: &[u8]) -> Message {
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
-        return Message::Other;
+        return Message::Plain;
     };
     if line.windows(6).any(|w| w == b"\\u0000") {
         object = object.into_iter().map(|(k, v)| (k, strip_nul(v))).collect();
@@ -39,6 +44,17 @@ pub(super) fn message(line: &[u8]) -> Message {
                 "invalid custom event type {event_type}: ^[a-z][a-z0-9_.-]{{0,63}}$, not a built-in type"
             )),
         };
+    }
+    if let Some(text) = object.get("append") {
+        let Some(text) = text.as_str() else {
+            return Message::Violation(format!("append {text} is not a string"));
+        };
+        let stream = match object.get("stream") {
+            None | Some(Value::Null) => crate::worker::output::DEFAULT_STREAM.to_owned(),
+            Some(Value::String(name)) => name.clone(),
+            Some(other) => return Message::Violation(format!("stream {other} is not a string")),
+        };
+        return Message::Append(stream, text.to_owned());
     }
     if let Some(result) = object.remove("result") {
         return Message::Result(result);
