@@ -34,6 +34,7 @@ mod schema;
 mod shutdown;
 mod slow_clients;
 mod streaming;
+mod tags;
 mod tls;
 mod upgrade;
 mod usability;

@@ -255,7 +255,7 @@ async fn a_role_named_jobcast_migrates_twice_and_a_broken_history_is_repaired() 
         .unwrap()
         .get(0);
     assert!(!stray, "the stray history table is gone");
-    let mut serve = Proc::serve(&url, &[]);
+    let serve = Proc::serve(&url, &[]);
     let id = submit_ok(serve.url(), serde_json::json!({"kind": "demo.echo"})).await;
     assert!(!id.is_empty());
     serve.signal("TERM");
