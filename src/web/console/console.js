@@ -75,7 +75,7 @@ function h(tag, attrs = {}, ...children) {
     else if (k === 'class') el.className = v;
     else el.setAttribute(k, v === true ? '' : v);
   }
-  for (const c of children.flat()) if (c != null) el.append(c instanceof Node ? c : String(c));
+  for (const c of children.flat(Infinity)) if (c != null) el.append(c instanceof Node ? c : String(c));
   return el;
 }
 
