@@ -77,9 +77,12 @@ export function followTag(tags, options = {}) {
   }
 
   // The jobs that already exist, read once the stream is open (nothing falls in between);
-  // a listed job replaces what the events said only when it is newer.
+  // a listed job replaces what the events said only when it is newer. Read again on a
+  // reconnect before any event came: without a cursor, the new stream starts from now.
+  let listed = false;
   async function list() {
-    if (o.list === false) return;
+    if (o.list === false || (listed && handle.lastEventId != null)) return;
+    listed = true;
     try {
       const limit = Number.isInteger(o.list) ? o.list : 100;
       const response = await (o.fetch || globalThis.fetch)(new URL(`${root(o)}/v1/jobs?${query}&limit=${limit}`, baseOf(o)), {
@@ -87,10 +90,10 @@ export function followTag(tags, options = {}) {
         cache: 'no-store',
       });
       if (!response.ok) return;
-      for (const listed of (await response.json()).jobs.reverse()) {
-        const job = jobOf(listed.id);
-        if (listed.last_event_id <= job.last_event_id || handle.stopped) continue;
-        Object.assign(job, listed);
+      for (const fresh of (await response.json()).jobs.reverse()) {
+        const job = jobOf(fresh.id);
+        if (fresh.last_event_id <= job.last_event_id || handle.stopped) continue;
+        Object.assign(job, fresh);
         if (o.onJob) o.onJob(job);
       }
     } catch (_) {
@@ -174,7 +177,7 @@ function texts(o, where, emit) {
 
 // One SSE connection, resumed with the last event id until closed: `deliver(event, closed)`
 // per event; `last(event)` says whether it ends the stream (then onDone); `opened()` after
-// the first successful open; `stopped()` when the user closes it.
+// each successful open; `stopped()` when the user closes it.
 function connect(url, o, deliver, last, opened, stopped) {
   const fetchFn = o.fetch || globalThis.fetch;
   const useEventSource =
@@ -200,7 +203,6 @@ function connect(url, o, deliver, last, opened, stopped) {
   function open() {
     backoff = FIRST_BACKOFF_MS;
     if (opened) opened();
-    opened = null;
   }
 
   function close() {

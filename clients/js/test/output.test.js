@@ -277,3 +277,24 @@ test('followTag without onOutput does not ask for output events; an event older 
   assert.equal(new URL(server.requests[0].url, server.url).searchParams.get('output'), null);
   assert.deepEqual(changes, [90, 100]);
 });
+
+test('followTag lists again after a reconnect that had no cursor yet (the new stream starts from now)', async () => {
+  let streams = 0;
+  const server = await scripted((req, res) => {
+    if (req.url.startsWith('/v1/jobs?')) {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      return res.end('{"jobs": [], "next_cursor": null}');
+    }
+    streams += 1;
+    if (streams === 1) return sse(res, ''); // open, then dropped before any event
+    if (streams === 2) return sse(res, frame('k1', 'queued', { job_id: '30', seq: 1, status: 'queued', attempt: 0 }));
+    sse(res, '', false);
+  });
+  const handle = followTag({ user: '1' }, { base: server.url });
+  for (let i = 0; i < 100 && streams < 3; i++) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 100));
+  handle.close();
+  server.close();
+  const kinds = server.requests.map((r) => (r.url.startsWith('/v1/jobs?') ? 'list' : r.lastEventId ? `stream after ${r.lastEventId}` : 'stream'));
+  assert.deepEqual(kinds, ['stream', 'list', 'stream', 'list', 'stream after k1']);
+});

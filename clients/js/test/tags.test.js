@@ -93,12 +93,18 @@ test('resumes across a killed serve with the cursor: jobs created meanwhile are 
   const listen = new URL(own.url).host;
   const jobs = new Map();
   const errors = [];
+  const events = [];
+  const counting = h.countingFetch();
   const following = followTag(
     { user },
-    { base: own.url, onJob: (job) => jobs.set(job.id, job.status), onError: (e) => errors.push(e) },
+    { base: own.url, fetch: counting, onJob: (job) => jobs.set(job.id, job.status), onEvent: (e) => events.push(e), onError: (e) => errors.push(e) },
   );
+  // The listing is asked for once the stream is open: from then on, events come through it.
+  await until(() => counting.calls >= 2, 'the stream open');
   const first = await h.submit(server.url, { kind: 'demo.echo', tags: { user } });
-  await until(() => jobs.get(first.id) === 'succeeded', 'the first job');
+  await until(() => events.some((e) => e.data.job_id === first.id && e.type === 'succeeded'), 'the first job, through the stream');
+  const cursor = following.lastEventId;
+  assert.ok(cursor, 'a cursor to resume from');
   own.kill();
   const during = [];
   for (let i = 0; i < 3; i++) during.push(await h.submit(server.url, { kind: 'demo.echo', args: { i }, tags: { user } }));
@@ -107,6 +113,8 @@ test('resumes across a killed serve with the cursor: jobs created meanwhile are 
   try {
     for (const job of during) await until(() => jobs.get(job.id) === 'succeeded', () => `job ${job.id}: ${jobs.get(job.id)}`, 20000);
     assert.ok(errors.length >= 1 && errors.every((e) => e.retrying), 'errors while the server was away, each retried');
+    // Through the resumed stream, not a second listing: every event of those jobs, from queued.
+    for (const job of during) assert.deepEqual(events.filter((e) => e.data.job_id === job.id).map((e) => e.type), ['queued', 'started', 'succeeded']);
   } finally {
     following.close();
     again.kill();
