@@ -1,6 +1,7 @@
 // client.js in Chromium (the EventSource transport), loaded from the server's /client.js.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import * as h from '../../clients/js/test/harness.js';
 import { launch, open } from './lib.mjs';
 
@@ -82,4 +83,58 @@ test('204 stops it: following a finished job from its last id makes one request'
   assert.deepEqual(await page.evaluate(() => window.seen.events), []);
   server.kill();
   await page.close();
+});
+
+test('a page on another origin (--cors-origins) imports /client.js and shows demo.tokens text with follow and followTag', async () => {
+  const app = http.createServer((_, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end('<!doctype html><title>app</title><pre id="answer"></pre>');
+  });
+  await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+  const origin = `http://127.0.0.1:${app.address().port}`;
+  const server = await h.serve('127.0.0.1:0', ['--cors-origins', origin]);
+  const page = await open(browser, `${origin}/`);
+  const user = `x${Date.now()}`;
+  try {
+    await page.evaluate(
+      async ([base, user]) => {
+        const { follow, followTag } = await import(`${base}/client.js`);
+        window.seen = { text: '', tagText: '', done: undefined, jobs: {} };
+        window.tagged = followTag({ user }, {
+          base,
+          onJob: (job) => (window.seen.jobs[job.id] = job.status),
+          onOutput: (id, stream, text) => (window.seen.tagText += text),
+          // With EventSource, fetch is only for the listing, asked for once the stream is open.
+          fetch: (...args) => ((window.tagOpen = true), fetch(...args)),
+        });
+        window.startFollowing = (id) =>
+          follow(id, {
+            base,
+            onEvent: (e) => e.type === 'started' && (document.querySelector('#answer').textContent = ''),
+            onOutput: (stream, text) => {
+              window.seen.text += text;
+              document.querySelector('#answer').append(text);
+            },
+            onDone: (status) => (window.seen.done = status),
+          });
+      },
+      [server.url, user],
+    );
+    await page.waitForFunction(() => window.tagOpen, null, { timeout: 5000 });
+    const job = await h.submit(server.url, { kind: 'demo.tokens', args: { tokens: 30, token_ms: 10 }, tags: { user } });
+    await page.evaluate((id) => window.startFollowing(id), job.id);
+    await page.waitForFunction(() => window.seen.done !== undefined, null, { timeout: 15000 });
+    const expected = Array.from({ length: 30 }, (_, i) => `tok${i + 1} `).join('');
+    await page.waitForFunction((id) => window.seen.jobs[id] === 'succeeded', job.id, { timeout: 5000 });
+    const seen = await page.evaluate(() => window.seen);
+    assert.equal(seen.done, 'succeeded');
+    assert.equal(seen.text, expected);
+    assert.equal(await page.textContent('#answer'), expected);
+    assert.equal(seen.tagText, expected, 'the same text through the tag stream');
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await page.close();
+    server.kill();
+    app.close();
+  }
 });
