@@ -120,3 +120,52 @@ test('resumes across a killed serve with the cursor: jobs created meanwhile are 
     again.kill();
   }
 });
+
+test('with auth on, a tag token opens the tag stream (no listing without a key); other tags are refused, once', async () => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobcast-keys-'));
+  const key = 'client-js-tag-test-key-0123456789';
+  fs.writeFileSync(path.join(dir, 'keys'), `acme ${key}\n`);
+  const own = await h.serve('127.0.0.1:0', ['--api-keys-file', path.join(dir, 'keys'), '--token-secret', 'a-client-js-test-secret-of-some-length']);
+  const keyed = async (p, body) => {
+    const response = await fetch(`${own.url}${p}`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    return { status: response.status, body: await response.json() };
+  };
+  const user = `k-${run}`;
+  try {
+    const issued = await keyed('/v1/tokens', { tags: { user } });
+    assert.equal(issued.status, 201, JSON.stringify(issued.body));
+    const jobs = new Map();
+    const errors = [];
+    const counting = h.countingFetch();
+    const following = followTag(
+      { user },
+      { base: own.url, token: issued.body.token, fetch: counting, onJob: (job) => jobs.set(job.id, job.status), onError: (e) => errors.push(e) },
+    );
+    await until(() => counting.calls >= 2, 'the stream open (then the listing, refused without a key)');
+    const mine = await keyed('/v1/jobs', { kind: 'demo.echo', tags: { user } });
+    const notMine = await keyed('/v1/jobs', { kind: 'demo.echo', tags: { user: `${user}-other` } });
+    await until(() => jobs.get(mine.body.id) === 'succeeded', () => `seen ${JSON.stringify([...jobs])}, errors ${errors.map((e) => e.message)}`);
+    await h.sleep(300);
+    following.close();
+    assert.equal(jobs.has(notMine.body.id), false);
+    assert.deepEqual(errors, []);
+    // A tag token cannot be widened to other tags.
+    const widened = followTag({ user: `${user}-other` }, { base: own.url, token: issued.body.token, fetch: counting, onError: (e) => errors.push(e) });
+    await until(() => errors.length > 0, 'refused');
+    widened.close();
+    assert.ok([401, 403].includes(errors[0].status), `status ${errors[0].status}`);
+    assert.equal(errors[0].retrying, false);
+    await h.sleep(300);
+    assert.equal(errors.length, 1, 'no retry after a refusal');
+  } finally {
+    own.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
