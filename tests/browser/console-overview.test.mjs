@@ -104,6 +104,7 @@ test('a server without schedules: the section is left out, asked once', async ()
   await page.waitForSelector('#overview section h2', { timeout: 5000 });
   await page.waitForTimeout(5500); // one overview refresh
   assert.equal(await page.$('#schedules'), null);
+  assert.doesNotMatch(await page.textContent('#overview'), /\bnull\b/, 'nothing in its place');
   assert.equal(asked, 1);
   assert.deepEqual(page.errors, []);
   await page.close();

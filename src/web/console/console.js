@@ -309,7 +309,7 @@ async function renderOverview(root) {
       h('td', {}, ago(w.last_heartbeat)),
     ),
   );
-  root.replaceChildren(
+  const sections = [
     h(
       'section',
       {},
@@ -353,7 +353,8 @@ async function renderOverview(root) {
           )
         : h('p', { class: 'muted' }, 'No worker has announced itself in the last hour.'),
     ),
-  );
+  ];
+  root.replaceChildren(...sections.filter((section) => section != null));
 }
 
 // The last run of a schedule, whichever way the server spells it.
