@@ -128,16 +128,18 @@ begin
     with inserted as (
         insert into jobcast.jobs (kind, queue, args, priority, run_at, max_attempts,
                                   timeout_secs, idempotency_key, request_hash, last_seq, tenant,
-                                  tags)
+                                  tags, schedule, scheduled_for)
         select s.kind, coalesce(s.queue, 'default'), coalesce(s.args, '{}'::jsonb),
                coalesce(s.priority, 0), coalesce(s.run_at, now()), coalesce(s.max_attempts, 3),
                s.timeout_secs, s.idempotency_key, s.request_hash, 1, p_tenant,
                case when jsonb_typeof(s.tags) = 'object' and s.tags <> '{}'::jsonb
-                    then s.tags end
+                    then s.tags end,
+               s.schedule, s.scheduled_for
           from jsonb_array_elements(p_specs) with ordinality as e(spec, ord),
                jsonb_to_record(e.spec) as s(kind text, queue text, args jsonb, priority smallint,
                    run_at timestamptz, max_attempts integer, timeout_secs integer,
-                   idempotency_key text, request_hash text, tags jsonb)
+                   idempotency_key text, request_hash text, tags jsonb, schedule text,
+                   scheduled_for timestamptz)
          order by e.ord
         on conflict (tenant, idempotency_key) where idempotency_key is not null do nothing
         returning *
@@ -1240,4 +1242,49 @@ begin
     get diagnostics n = row_count;
     unlisted := unlisted + n;
 end
+$$;
+
+-- One slot of a schedule: the job `p_spec` with `schedule` and `scheduled_for` set, unless
+-- this slot already has its job (the unique slot key; checked first so that a replay
+-- writes nothing) or, with `overlap = skip`, the schedule's previous job has not ended.
+-- Returns the new job's id, or null when nothing was enqueued. Called under the schedule's
+-- row lock (jobcast.due_schedules, the caller's transaction).
+create or replace function jobcast.fire_schedule(
+    p_tenant text, p_name text, p_slot timestamptz, p_spec jsonb, p_skip_overlap boolean,
+    p_last_job_id bigint
+) returns bigint
+language plpgsql as $$
+declare
+    new_id bigint;
+begin
+    if p_skip_overlap and p_last_job_id is not null and exists (
+        select 1 from jobcast.jobs where id = p_last_job_id and status in ('queued', 'running')
+    ) then
+        return null;
+    end if;
+    if exists (select 1 from jobcast.jobs
+                where tenant = p_tenant and schedule = p_name and scheduled_for = p_slot) then
+        return null;
+    end if;
+    select j.id into new_id
+      from jobcast.enqueue_jobs(jsonb_build_array(p_spec || jsonb_build_object(
+               'schedule', p_name, 'scheduled_for', p_slot)), p_tenant) j;
+    return new_id;
+end
+$$;
+
+-- Schedules due by the database's clock, locked for the caller's transaction (another
+-- process skips them meanwhile), with that clock's `now`.
+create or replace function jobcast.due_schedules(p_limit integer)
+returns table (tenant text, name text, cron text, every_secs double precision,
+               timezone text, job jsonb, overlap text, catch_up text,
+               next_run_at timestamptz, last_job_id bigint, now timestamptz)
+language sql as $$
+    select s.tenant, s.name, s.cron, s.every_secs, s.timezone, s.job, s.overlap, s.catch_up,
+           s.next_run_at, s.last_job_id, now()
+      from jobcast.schedules s
+     where not s.paused and s.next_run_at <= now()
+     order by s.next_run_at
+     limit p_limit
+       for update skip locked
 $$;

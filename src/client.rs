@@ -41,6 +41,8 @@ pub struct Submission {
     pub spec: Value,
     /// Optional Idempotency-Key header.
     pub idempotency_key: Option<String>,
+    /// Seconds to wait for the job to end (`POST /v1/jobs?wait=`).
+    pub wait: Option<u64>,
 }
 
 /// The HTTP client of one server.
@@ -99,7 +101,10 @@ impl Client {
     pub async fn submit(&self, submission: &Submission) -> Result<Value, ClientError> {
         let mut request = self
             .http
-            .post(format!("{}/v1/jobs", self.server))
+            .post(match submission.wait {
+                Some(secs) => format!("{}/v1/jobs?wait={secs}", self.server),
+                None => format!("{}/v1/jobs", self.server),
+            })
             .json(&submission.spec);
         if let Some(key) = &submission.idempotency_key {
             request = request.header("Idempotency-Key", key);

@@ -138,6 +138,10 @@ pub struct WorkArgs {
     /// that would pass it fails the attempt (not retried).
     #[arg(long, env = "JOBCAST_MAX_OUTPUT_BYTES", default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_output_bytes: u64,
+    /// A JSON array of schedules (as for `POST /v1/schedules`, each with an optional
+    /// `tenant`) created or replaced at start; schedules not in the file are left alone.
+    #[arg(long, env = "JOBCAST_SCHEDULES")]
+    pub schedules: Option<std::path::PathBuf>,
     /// Leaves the demo handlers (`demo.steps`, `demo.echo`, `demo.tokens`) out of `work`:
     /// a production worker runs only its own kinds.
     #[arg(long, env = "JOBCAST_NO_DEMO_HANDLERS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]

@@ -151,14 +151,16 @@ pub enum SpecError {
 }
 
 impl SpecError {
-    fn kind(field: &str, detail: &str) -> Self {
+    /// A value of the wrong JSON type (a 400).
+    pub fn kind(field: &str, detail: &str) -> Self {
         SpecError::Type {
             field: field.into(),
             detail: detail.into(),
         }
     }
 
-    fn rule(field: &str, detail: impl Into<String>) -> Self {
+    /// A value that breaks a rule (a 422 naming the field).
+    pub fn rule(field: &str, detail: impl Into<String>) -> Self {
         SpecError::Rule {
             field: field.into(),
             detail: detail.into(),
@@ -479,6 +481,10 @@ pub struct Job {
     pub last_event_id: i32,
     /// The job's tags (null when it has none).
     pub tags: Option<Value>,
+    /// The schedule that made the job (null otherwise).
+    pub schedule: Option<String>,
+    /// The schedule's slot the job is for.
+    pub scheduled_for: Option<String>,
     /// Streams open on this job across every serve process (a few seconds old at most);
     /// 0 where the query that built the object did not count them.
     pub subscribers: i64,
@@ -502,7 +508,8 @@ pub struct Links {
     pub events: String,
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+/// RFC 3339 with milliseconds, UTC, as every timestamp of the API.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -566,6 +573,10 @@ impl Job {
             updated_at: ts("updated_at")?.unwrap_or_default(),
             last_event_id: row.try_get("last_seq")?,
             tags: optional_column(row, "tags")?.flatten(),
+            schedule: optional_column(row, "schedule")?.flatten(),
+            scheduled_for: optional_column::<Option<DateTime<Utc>>>(row, "scheduled_for")?
+                .flatten()
+                .map(rfc3339),
             subscribers: optional_column(row, "subscribers")?.unwrap_or(0),
             hint: optional_column(row, "hint")?.flatten(),
             links: Links {

@@ -30,6 +30,7 @@ pub mod hub;
 pub mod job;
 pub mod listener;
 pub mod metrics;
+pub mod schedule;
 pub mod shutdown;
 pub mod web;
 pub mod worker;

@@ -41,6 +41,9 @@ enum Command {
         /// Migrate the database at start instead of refusing a schema that is behind.
         #[arg(long, env = "JOBCAST_MIGRATE", value_parser = clap::builder::BoolishValueParser::new())]
         migrate: bool,
+        /// A JSON array of schedules created or replaced at start (see `work --help`).
+        #[arg(long, env = "JOBCAST_SCHEDULES")]
+        schedules: Option<std::path::PathBuf>,
     },
     /// A worker process with the demo handlers (run as many as you like).
     Work {
@@ -85,6 +88,13 @@ enum Command {
         /// Stream the job's progress until it ends; exit 0 only if it succeeded.
         #[arg(long)]
         follow: bool,
+        /// Wait up to SECONDS (1-60) for the job to end and print it (no stream: one
+        /// request); exit 0 on success, 1 failed, 3 cancelled, 4 still not finished.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=60), conflicts_with = "follow")]
+        wait: Option<u64>,
+        /// A tag, KEY=VALUE (repeatable): list and follow the job by it.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
         /// The web tier's URL.
         #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
@@ -171,11 +181,13 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             database,
             web,
             migrate,
+            schedules,
         } => {
             let url = required_url(&database)?;
             ensure_schema(&session_url(&database, &url)?, migrate).await?;
             raise_open_file_limit();
             let pool = db::pool(&url, "jobcast-serve", 32)?;
+            apply_schedules(&pool, schedules.as_deref()).await?;
             let listen = db::connection_config(database.listen_url(&url), "jobcast-serve-listen")?;
             web::serve(&web, pool, listen, shutdown::on_signal()).await?;
             Ok(0)
@@ -189,6 +201,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             check_queues(&work)?;
             ensure_schema(&session_url(&database, &url)?, migrate).await?;
             let pool = db::pool(&url, "jobcast-work", 12)?;
+            apply_schedules(&pool, work.schedules.as_deref()).await?;
             let listen = db::connection_config(database.listen_url(&url), "jobcast-work-listen")?;
             let registry = if work.no_demo_handlers {
                 Registry::new()
@@ -198,7 +211,9 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             let registry =
                 registry.with_exec_handlers(&work.exec, std::env::current_exe().ok().as_deref())?;
             if registry.kinds().is_empty() {
-                tracing::warn!("no handler: this worker claims nothing (--no-demo-handlers and no --exec)");
+                tracing::warn!(
+                    "no handler: this worker claims nothing (--no-demo-handlers and no --exec)"
+                );
             }
             worker::run(pool, listen, work, registry, shutdown::on_signal()).await;
             Ok(0)
@@ -219,10 +234,22 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             timeout_secs,
             idempotency_key,
             follow,
+            wait,
+            tags,
             server,
         } => {
             let args: Value = serde_json::from_str(&args).context("--args is not valid JSON")?;
             let mut spec = json!({ "kind": kind, "args": args });
+            if !tags.is_empty() {
+                let mut object = serde_json::Map::new();
+                for tag in &tags {
+                    let Some((key, value)) = tag.split_once('=') else {
+                        bail!("--tag {tag:?}: expected KEY=VALUE");
+                    };
+                    object.insert(key.to_owned(), Value::from(value));
+                }
+                spec["tags"] = Value::Object(object);
+            }
             let optional = [
                 ("queue", queue.map(Value::from)),
                 ("priority", priority.map(Value::from)),
@@ -240,6 +267,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                 client::Submission {
                     spec,
                     idempotency_key,
+                    wait,
                 },
                 follow,
             )
@@ -318,6 +346,21 @@ async fn ensure_schema(url: &str, migrate: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `--schedules FILE`: created or replaced at start; a bad file stops the process.
+async fn apply_schedules(
+    pool: &deadpool_postgres::Pool,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let applied = jobcast::schedule::apply_file(pool, path, worker::demo::check_args)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(schedules = applied, file = %path.display(), "schedules applied");
+    Ok(())
+}
+
 fn check_queues(work: &WorkArgs) -> anyhow::Result<()> {
     for queue in &work.queues {
         if !jobcast::job::is_name(queue, 64) {
@@ -361,6 +404,7 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
     let shutdown = shutdown::on_signal();
     let pool = db::pool(&url, "jobcast-dev", 32)?;
     let worker_pool = db::pool(&url, "jobcast-dev-worker", 12)?;
+    apply_schedules(&worker_pool, work.schedules.as_deref()).await?;
     let web_listen = db::connection_config(database.listen_url(&url), "jobcast-dev-listen")?;
     let work_listen =
         db::connection_config(database.listen_url(&url), "jobcast-dev-worker-listen")?;
@@ -398,6 +442,14 @@ async fn submit(server: &str, submission: client::Submission, follow: bool) -> a
         .as_str()
         .context("the server answered without a job id")?
         .to_owned();
+    if submission.wait.is_some() {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+        let status = job["status"]
+            .as_str()
+            .and_then(|s| s.parse::<jobcast::job::Status>().ok())
+            .unwrap_or(jobcast::job::Status::Queued);
+        return Ok(client::exit_code(status));
+    }
     if !follow {
         println!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(0);

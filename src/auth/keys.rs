@@ -197,6 +197,9 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(error.contains("placeholder"), "{error}");
-        assert!(!error.contains("CHANGE-ME-generate"), "never prints the key: {error}");
+        assert!(
+            !error.contains("CHANGE-ME-generate"),
+            "never prints the key: {error}"
+        );
     }
 }

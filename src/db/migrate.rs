@@ -119,9 +119,8 @@ async fn apply_with_retries(client: &mut tokio_postgres::Client) -> Result<()> {
             // the upgrade deadlocked with a transition: nothing was applied; try again.
             Err(Error::Postgres(e))
                 if attempt < LOCK_ATTEMPTS
-                    && e.code().is_some_and(|c| {
-                        matches!(c.code(), "55P03" | "40P01" | "40001")
-                    }) =>
+                    && e.code()
+                        .is_some_and(|c| matches!(c.code(), "55P03" | "40P01" | "40001")) =>
             {
                 tracing::warn!(attempt, error = %describe(&e), "migration waited too long for a lock; trying again");
                 attempt += 1;

@@ -110,7 +110,10 @@ pub async fn create_job(
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "wait") {
-        return Err(ApiError::invalid(unknown.as_str(), "unknown query parameter"));
+        return Err(ApiError::invalid(
+            unknown.as_str(),
+            "unknown query parameter",
+        ));
     }
     let wait = wait_parameter(&query)?;
     let response = create_job_now(&req, payload, &caller, &state).await?;
@@ -208,9 +211,13 @@ pub async fn create_batch(
         .enumerate()
         .map(|(index, spec)| {
             // API.md: one bad spec is a 422 naming its index, whatever the fault.
-            JobSpec::parse_with(spec, crate::worker::demo::check_args).map_err(|e| match e.within(&format!("jobs[{index}]")) {
-                crate::job::SpecError::Type { field, detail }
-                | crate::job::SpecError::Rule { field, detail } => ApiError::invalid(field, detail),
+            JobSpec::parse_with(spec, crate::worker::demo::check_args).map_err(|e| {
+                match e.within(&format!("jobs[{index}]")) {
+                    crate::job::SpecError::Type { field, detail }
+                    | crate::job::SpecError::Rule { field, detail } => {
+                        ApiError::invalid(field, detail)
+                    }
+                }
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -232,7 +239,10 @@ pub async fn get_job(
     let id = parse_job_id(&path)?;
     let wait = wait_parameter(&query)?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "wait") {
-        return Err(ApiError::invalid(unknown.as_str(), "unknown query parameter"));
+        return Err(ApiError::invalid(
+            unknown.as_str(),
+            "unknown query parameter",
+        ));
     }
     let mut job = match wait {
         None => {
@@ -248,13 +258,18 @@ pub async fn get_job(
 }
 
 /// `?wait=SECONDS` (1-60).
-fn wait_parameter(query: &HashMap<String, String>) -> Result<Option<std::time::Duration>, ApiError> {
+fn wait_parameter(
+    query: &HashMap<String, String>,
+) -> Result<Option<std::time::Duration>, ApiError> {
     let Some(raw) = query.get("wait") else {
         return Ok(None);
     };
     match raw.parse::<u64>() {
         Ok(secs) if (1..=60).contains(&secs) => Ok(Some(std::time::Duration::from_secs(secs))),
-        _ => Err(ApiError::invalid("wait", "must be an integer between 1 and 60 (seconds)")),
+        _ => Err(ApiError::invalid(
+            "wait",
+            "must be an integer between 1 and 60 (seconds)",
+        )),
     }
 }
 
@@ -417,7 +432,10 @@ pub async fn get_output(
     let (raw_id, stream) = path.into_inner();
     let id = parse_job_id(&raw_id)?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "attempt") {
-        return Err(ApiError::invalid(unknown.as_str(), "unknown query parameter"));
+        return Err(ApiError::invalid(
+            unknown.as_str(),
+            "unknown query parameter",
+        ));
     }
     if !crate::job::is_stream_name(&stream) {
         return Err(ApiError::NotFound(format!(
@@ -429,14 +447,13 @@ pub async fn get_output(
     let job = db::jobs::get_job(&client, id, caller.tenant())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?;
-    let attempt = match query.get("attempt") {
-        None => job.attempt,
-        Some(raw) => raw
-            .parse::<i32>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| ApiError::invalid("attempt", "must be an attempt number (1, 2, ...)"))?,
-    };
+    let attempt =
+        match query.get("attempt") {
+            None => job.attempt,
+            Some(raw) => raw.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                ApiError::invalid("attempt", "must be an attempt number (1, 2, ...)")
+            })?,
+        };
     let text = db::jobs::output_text(&client, id, attempt, &stream).await?;
     match text {
         None => Err(ApiError::NotFound(format!(

@@ -23,6 +23,7 @@ mod openapi;
 mod peers;
 pub mod problem;
 pub mod queues;
+mod schedules;
 pub mod stream;
 pub mod subscribers;
 pub mod tokens;
@@ -90,7 +91,10 @@ pub fn build(
             .route("/v1/jobs/{id}", web::get().to(jobs::get_job))
             .route("/v1/jobs/{id}/cancel", web::post().to(jobs::cancel_job))
             .route("/v1/jobs/{id}/events", web::get().to(stream::job_events))
-            .route("/v1/jobs/{id}/output/{stream}", web::get().to(jobs::get_output))
+            .route(
+                "/v1/jobs/{id}/output/{stream}",
+                web::get().to(jobs::get_output),
+            )
             .route("/v1/jobs/{id}/retry", web::post().to(queues::retry_job))
             .route("/v1/queues", web::get().to(queues::list_queues))
             .route(
@@ -102,6 +106,24 @@ pub fn build(
                 web::post().to(queues::resume_queue),
             )
             .route("/v1/workers", web::get().to(queues::list_workers))
+            .route("/v1/schedules", web::post().to(schedules::put_schedule))
+            .route("/v1/schedules", web::get().to(schedules::list_schedules))
+            .route(
+                "/v1/schedules/{name}",
+                web::get().to(schedules::get_schedule),
+            )
+            .route(
+                "/v1/schedules/{name}",
+                web::delete().to(schedules::delete_schedule),
+            )
+            .route(
+                "/v1/schedules/{name}/pause",
+                web::post().to(schedules::pause_schedule),
+            )
+            .route(
+                "/v1/schedules/{name}/resume",
+                web::post().to(schedules::resume_schedule),
+            )
             .route("/v1/events", web::get().to(stream::all_events))
             .route("/v1/tokens", web::post().to(tokens::create_token))
             .default_service(web::to(not_found))
@@ -134,7 +156,7 @@ fn get_or_head() -> actix_web::Route {
 
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
-        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_methods(["GET", "POST", "DELETE", "PATCH", "OPTIONS"])
         .allowed_headers([
             header::CONTENT_TYPE,
             header::ACCEPT,

@@ -412,7 +412,10 @@ impl Run {
 /// A place among the pending events, then the next piece of stdout. None: the writer's
 /// answers are no longer read (an event was refused). `Some((_, None))`: end of output.
 /// An answer to wait for, with the room its line holds until then.
-type Pending = (oneshot::Receiver<Reply>, Option<tokio::sync::OwnedSemaphorePermit>);
+type Pending = (
+    oneshot::Receiver<Reply>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 async fn next_with_permit<'a, R: AsyncBufRead + Unpin>(
     pending: &'a mpsc::Sender<Pending>,

@@ -164,6 +164,8 @@ pub async fn run(
     tokio::spawn(route_signals(state.clone(), signals, wake.clone()));
     tokio::spawn(heartbeat_loop(state.clone(), background.clone()));
     tokio::spawn(lease_watchdog(state.clone(), background.clone()));
+    // Every worker fires due schedules; the database makes each slot one job.
+    tokio::spawn(crate::schedule::run(state.pool.clone(), background.clone()));
     let presence = tokio::spawn(presence::run(state.clone(), background.clone()));
     tokio::spawn(maintenance::run(
         state.pool.clone(),
@@ -443,9 +445,7 @@ async fn run_attempt(state: &State, job: &Job, cancel: CancellationToken) -> Out
     match (output.close(), outcome) {
         // Past --max-output-bytes (or a chunk PostgreSQL refused): the attempt fails, not
         // retried, whatever the handler made of the refused append.
-        (Some(reason), Outcome::Done(done))
-            if !matches!(done, Err(HandlerError::Cancelled)) =>
-        {
+        (Some(reason), Outcome::Done(done)) if !matches!(done, Err(HandlerError::Cancelled)) => {
             Outcome::Done(Err(HandlerError::Failed {
                 error: json!({"message": reason, "fatal": true}),
                 retryable: false,
@@ -608,8 +608,11 @@ async fn lease_watchdog(state: Arc<State>, stop: CancellationToken) {
         for key in lost {
             if let Some(cancel) = running.get(&key) {
                 if !cancel.is_cancelled() {
-                    tracing::warn!(job_id = key.0, attempt = key.1,
-                        "lease not renewed in time (database unreachable?): stopping the attempt");
+                    tracing::warn!(
+                        job_id = key.0,
+                        attempt = key.1,
+                        "lease not renewed in time (database unreachable?): stopping the attempt"
+                    );
                     cancel.cancel();
                 }
             }

@@ -203,11 +203,11 @@ impl Output {
                 "type": "output", "stream": stream.name, "offset": stream.offset, "text": chunk,
             });
             stream.offset += chunk.len() as u64;
-            replies.push(
-                self.inner
-                    .writer
-                    .queue_event(self.inner.job_id, self.inner.attempt, event),
-            );
+            replies.push(self.inner.writer.queue_event(
+                self.inner.job_id,
+                self.inner.attempt,
+                event,
+            ));
             rest = tail;
         }
         state.replies.extend(replies);

@@ -38,6 +38,8 @@ fn registered_routes() -> Vec<(String, String)> {
             let method = ["get", "post", "put", "patch", "delete", "head"]
                 .into_iter()
                 .find(|m| after.starts_with(&format!("\",web::{m}()")))
+                // GET routes that answer HEAD too.
+                .or_else(|| after.starts_with("\",get_or_head()").then_some("get"))
                 .unwrap_or_else(|| {
                     panic!("{}: route {path} with an unknown method", file.display())
                 });

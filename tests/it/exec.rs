@@ -133,7 +133,7 @@ async fn exec_job_reads_its_args_and_environment_and_succeeds_with_its_result() 
 }
 
 #[tokio::test]
-async fn progress_and_custom_events_arrive_in_order_and_other_lines_are_only_logged() {
+async fn progress_and_custom_events_arrive_in_order_and_plain_lines_go_to_the_log_stream() {
     let db = TestDb::new().await;
     let serve = Proc::serve(&db.url, &[]);
     let script = r#"
@@ -157,12 +157,26 @@ echo '{"result": {"rows": 5}}'
     let id = submit_ok(serve.url(), json!({"kind": "report"})).await;
     let events = events_of(serve.url(), &id).await;
     assert_contiguous(&events, 1);
-    let mut expected = vec!["queued", "started"];
+    // Lines that are not JSON objects go to the `log` output stream (API.md), in their
+    // place among the events; objects with none of the keys go to the worker's log only.
+    let mut expected = vec!["queued", "started", "output"];
     for _ in 0..5 {
-        expected.extend(["progress", "row.done"]);
+        expected.extend(["progress", "output", "row.done"]);
     }
     expected.extend(["progress", "succeeded"]);
     assert_eq!(types(&events), expected);
+    let log: String = events
+        .iter()
+        .filter(|e| e.event == "output")
+        .map(|e| {
+            assert_eq!(e.data["stream"], "log");
+            e.data["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        log,
+        format!("starting up (not JSON)\n{}", "{not json\n".repeat(5))
+    );
     let progress: Vec<&Event> = events.iter().filter(|e| e.event == "progress").collect();
     for (i, event) in progress.iter().take(5).enumerate() {
         let step = i as i64 + 1;

@@ -265,7 +265,10 @@ async fn firehose_reads_do_not_grow_with_followers() {
     }
     let after = calls().await;
     let per_event = (after - before) as f64 / 23.0;
-    println!("firehose_page calls: {} for 23 events and 20 followers", after - before);
+    println!(
+        "firehose_page calls: {} for 23 events and 20 followers",
+        after - before
+    );
     // The process's one reader polls every 250 ms and rechecks after notified reads: a
     // few reads per event at this rate (93 for 23 events here), against about one per
     // follower per event before (502).

@@ -126,7 +126,10 @@ async fn tokens_arrive_exact_with_gapless_offsets_and_replay_from_any_point() {
             break;
         }
     }
-    assert_eq!(assemble(&with)[&(1, "output".to_owned())], expected_tokens(300));
+    assert_eq!(
+        assemble(&with)[&(1, "output".to_owned())],
+        expected_tokens(300)
+    );
 }
 
 #[tokio::test]
@@ -143,7 +146,12 @@ async fn a_killed_serve_mid_stream_and_the_text_is_still_exact_through_another()
     let path = format!("/v1/jobs/{id}/events");
     let mut sse = Sse::open(first.url(), &path, None).await;
     let mut events = Vec::new();
-    while events.iter().filter(|e: &&Event| e.event == "output").count() < 5 {
+    while events
+        .iter()
+        .filter(|e: &&Event| e.event == "output")
+        .count()
+        < 5
+    {
         events.push(sse.next(T).await.unwrap());
     }
     first.signal("KILL");
@@ -208,7 +216,11 @@ async fn a_cancel_fences_appends_and_the_limit_fails_the_attempt() {
     assert!(message.contains("--max-output-bytes"), "{message}");
     let (status, body) = output_of(serve.url(), &id, "output").await;
     assert_eq!(status, 200);
-    assert!(body.len() <= 300 && body.len() > 250, "{} bytes kept", body.len());
+    assert!(
+        body.len() <= 300 && body.len() > 250,
+        "{} bytes kept",
+        body.len()
+    );
     assert!(expected_tokens(100).starts_with(&body));
 }
 

@@ -633,13 +633,23 @@ async fn a_cancel_racing_a_retryable_failure_cancels_the_job() {
     let failure = serde_json::json!([{"job_id": id, "attempt": 1, "error": {"message": "boom"},
                                       "retryable": true, "retry_delay_ms": 60000}]);
     let failed = failing
-        .query("select job_id from jobcast.fail_jobs('w1', $1)", &[&failure])
+        .query(
+            "select job_id from jobcast.fail_jobs('w1', $1)",
+            &[&failure],
+        )
         .await
         .unwrap();
-    assert_eq!(failed.len(), 1, "the failure is recorded (not yet committed)");
+    assert_eq!(
+        failed.len(),
+        1,
+        "the failure is recorded (not yet committed)"
+    );
     let cancel = tokio::spawn(async move {
         cancelling
-            .query("select id, status::text from jobcast.cancel_job($1)", &[&id])
+            .query(
+                "select id, status::text from jobcast.cancel_job($1)",
+                &[&id],
+            )
             .await
             .unwrap()
             .iter()
@@ -656,7 +666,10 @@ async fn a_cancel_racing_a_retryable_failure_cancels_the_job() {
     assert_eq!(outcome, vec!["cancelled".to_string()], "the cancel won");
     let client = db.client().await;
     let status: String = client
-        .query_one("select status::text from jobcast.jobs where id = $1", &[&id])
+        .query_one(
+            "select status::text from jobcast.jobs where id = $1",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
@@ -679,10 +692,7 @@ async fn a_paused_queue_does_not_make_an_idle_worker_spin() {
         .await
         .unwrap();
     let due: Option<f64> = client
-        .query_one(
-            "select jobcast.next_due_in(array['held'], null)",
-            &[],
-        )
+        .query_one("select jobcast.next_due_in(array['held'], null)", &[])
         .await
         .unwrap()
         .get(0);

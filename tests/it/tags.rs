@@ -69,7 +69,11 @@ async fn a_tag_firehose_is_exact_and_includes_jobs_created_after_it_opened() {
             .filter(|e| e.data["job_id"] == id.as_str())
             .map(|e| e.data["seq"].as_i64().unwrap())
             .collect();
-        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "job {id}");
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "job {id}"
+        );
         assert!(seqs.len() >= 6, "job {id}: {seqs:?}");
     }
     // Resuming from a cursor repeats nothing.
@@ -126,7 +130,10 @@ async fn tag_tokens_narrow_never_widen_and_tenants_stay_apart() {
         }
     };
     // Widening (another value for the token's key) is refused; a job stream too.
-    assert_eq!(open(format!("token={token}&tag=user:7")).await.status(), 401);
+    assert_eq!(
+        open(format!("token={token}&tag=user:7")).await.status(),
+        401
+    );
     let job_stream = http()
         .get(format!(
             "{}/v1/jobs/{}/events?token={token}",
@@ -155,7 +162,9 @@ async fn tag_tokens_narrow_never_widen_and_tenants_stay_apart() {
     }
     // Narrowing is fine.
     assert_eq!(
-        open(format!("token={token}&tag=user:42&tag=extra:x")).await.status(),
+        open(format!("token={token}&tag=user:42&tag=extra:x"))
+            .await
+            .status(),
         200
     );
 }
@@ -207,7 +216,11 @@ async fn waiting_for_a_result_answers_when_the_job_ends_or_the_wait_does() {
     let job: Value = response.json().await.unwrap();
     assert_eq!(job["status"], "queued");
     let bad = http()
-        .get(format!("{}/v1/jobs/{}?wait=61", serve.url(), job["id"].as_str().unwrap()))
+        .get(format!(
+            "{}/v1/jobs/{}?wait=61",
+            serve.url(),
+            job["id"].as_str().unwrap()
+        ))
         .send()
         .await
         .unwrap();

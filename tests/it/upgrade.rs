@@ -229,7 +229,9 @@ async fn a_role_named_jobcast_migrates_twice_and_a_broken_history_is_repaired() 
     let base = admin_url();
     let (server, _) = base.rsplit_once('/').unwrap();
     let host = server.rsplit_once('@').map_or(server, |(_, h)| h);
-    let host = host.trim_start_matches("postgres://").trim_start_matches("postgresql://");
+    let host = host
+        .trim_start_matches("postgres://")
+        .trim_start_matches("postgresql://");
     let url = format!("postgres://jobcast:jobcast-test-pw@{host}/{name}");
     for round in 1..=3 {
         let (code, stderr) = migrate(&url);

@@ -449,7 +449,11 @@ async fn a_worker_without_demo_handlers_leaves_demo_jobs_alone() {
     let serve = Proc::serve(&db.url, &[]);
     let _work = Proc::work(
         &db.url,
-        &["--no-demo-handlers", "--exec", "mine=echo '{\"result\": 7}'"],
+        &[
+            "--no-demo-handlers",
+            "--exec",
+            "mine=echo '{\"result\": 7}'",
+        ],
     );
     let demo = submit_ok(serve.url(), serde_json::json!({"kind": "demo.echo"})).await;
     let mine = submit_ok(serve.url(), serde_json::json!({"kind": "mine"})).await;

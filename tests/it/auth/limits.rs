@@ -133,5 +133,9 @@ async fn percent_encoded_stream_paths_take_a_slot_too() {
         None,
     )
     .await;
-    assert_eq!(over.status, 429, "the third stream of the tenant: {}", over.body);
+    assert_eq!(
+        over.status, 429,
+        "the third stream of the tenant: {}",
+        over.body
+    );
 }
