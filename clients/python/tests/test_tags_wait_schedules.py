@@ -136,24 +136,33 @@ def test_stream_tokens_for_a_page(procs, tmp_path):
                          "a-secret-of-thirty-two-bytes-or-more!")
     procs.rust_worker()
     with Client(server.url, api_key=KEY) as client:
-        jobs = [client.submit("demo.echo", {"n": n}, tags={"user": "42"}) for n in range(2)]
-        client.submit("demo.echo", {"n": 9}, tags={"user": "7"})
-        for job in jobs:
-            assert client.get(job.id, wait=20).status == "succeeded"
-
         token = client.create_token(tags={"user": "42"}, ttl_secs=60)
         assert token.token and token.expires_at
         assert token.url == f"{server.url}/v1/events?token={token.token}"
-        seen = set()
-        with httpx.Client() as page:  # a browser: no Authorization header, only the token
-            with connect_sse(page, "GET", token.url, timeout=10) as source:
-                assert source.response.status_code == 200
-                for sse in source.iter_sse():
-                    if sse.event == "succeeded":
-                        seen.add(sse.json()["job_id"])
-                    if len(seen) == 2:
-                        break
-        assert seen == {j.id for j in jobs}
+        seen: List[str] = []
+        failure: List[BaseException] = []
+
+        def page() -> None:  # a browser: no Authorization header, only the token
+            try:
+                with httpx.Client() as browser:
+                    with connect_sse(browser, "GET", token.url, timeout=20) as source:
+                        assert source.response.status_code == 200
+                        for sse in source.iter_sse():
+                            if sse.event == "succeeded":
+                                seen.append(sse.json()["job_id"])
+                            if len(seen) == 2:
+                                return
+            except BaseException as e:  # noqa: BLE001 — reported by the test
+                failure.append(e)
+
+        thread = threading.Thread(target=page, daemon=True)
+        thread.start()
+        wait_for(lambda: failure or open_streams(server.url) >= 1, what="the page's stream")
+        jobs = [client.submit("demo.echo", {"n": n}, tags={"user": "42"}) for n in range(2)]
+        client.submit("demo.echo", {"n": 9}, tags={"user": "7"})
+        thread.join(20)
+        assert not thread.is_alive() and not failure, failure
+        assert sorted(seen) == sorted(j.id for j in jobs)
 
         one = client.create_token(jobs=[jobs[0].id])
         assert one.url == f"{server.url}/v1/jobs/{jobs[0].id}/events?token={one.token}"
@@ -227,9 +236,14 @@ def test_async_client_waits_follows_tags_and_schedules(procs):
             page = await client.list_jobs(tags={"user": "9"})
             assert [j.id for j in page.jobs] == [done.id]
             assert [j.id async for j in client.iter_jobs(tags={"user": "9"})] == [done.id]
-            async for event in client.follow_events(tags={"user": "9"}):
-                assert event.job_id == done.id and event.type == "queued"
-                break
+            events = client.follow_events(tags={"user": "9"})
+            first = asyncio.ensure_future(events.__anext__())
+            while not first.done() and await asyncio.to_thread(open_streams, server.url) < 1:
+                await asyncio.sleep(0.02)
+            later = await client.submit("demo.echo", {"b": 2}, tags={"user": "9"})
+            event = await first
+            assert event.job_id == later.id and event.type == "queued" and event.cursor
+            await events.aclose()
             schedule = await client.create_schedule("nightly", "demo.echo", cron="0 3 * * *")
             assert schedule.cron == "0 3 * * *"
             assert [s.name for s in await client.schedules()] == ["nightly"]

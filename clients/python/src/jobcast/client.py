@@ -82,6 +82,9 @@ class _Deadline:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 1:
             raise ValueError("wait is a number of seconds, at least 1")
         self.end = time.monotonic() + seconds
+        #: The first request's ``?wait=`` (the clock has moved on a little by the time it
+        #: is sent; measured from now, a wait of 1 s would be none at all).
+        self.first = min(MAX_WAIT_PER_REQUEST, int(seconds))
 
     def next(self) -> Optional[int]:
         """Seconds for the next request's ``?wait=``; None once less than one is left."""
@@ -294,7 +297,7 @@ class Client:
                         max_attempts=max_attempts, timeout_secs=timeout_secs, tags=tags,
                         concurrency_key=concurrency_key, concurrency_limit=concurrency_limit)
         deadline = _Deadline(wait) if wait is not None else None
-        call = _Requests.submit(spec, idempotency_key, deadline.next() if deadline else None)
+        call = _Requests.submit(spec, idempotency_key, deadline.first if deadline else None)
         job = Job.from_json(self._send(call).json())
         return self._wait_more(job, deadline) if deadline else job
 
@@ -310,7 +313,7 @@ class Client:
         if wait is None:
             return Job.from_json(self._send(_Requests.get(job_id, None)).json())
         deadline = _Deadline(wait)
-        job = Job.from_json(self._send(_Requests.get(job_id, deadline.next())).json())
+        job = Job.from_json(self._send(_Requests.get(job_id, deadline.first)).json())
         return self._wait_more(job, deadline)
 
     def _wait_more(self, job: Job, deadline: _Deadline) -> Job:
@@ -566,7 +569,7 @@ class AsyncClient:
                         max_attempts=max_attempts, timeout_secs=timeout_secs, tags=tags,
                         concurrency_key=concurrency_key, concurrency_limit=concurrency_limit)
         deadline = _Deadline(wait) if wait is not None else None
-        call = _Requests.submit(spec, idempotency_key, deadline.next() if deadline else None)
+        call = _Requests.submit(spec, idempotency_key, deadline.first if deadline else None)
         job = Job.from_json((await self._send(call)).json())
         return await self._wait_more(job, deadline) if deadline else job
 
@@ -581,7 +584,7 @@ class AsyncClient:
         if wait is None:
             return Job.from_json((await self._send(_Requests.get(job_id, None))).json())
         deadline = _Deadline(wait)
-        job = Job.from_json((await self._send(_Requests.get(job_id, deadline.next()))).json())
+        job = Job.from_json((await self._send(_Requests.get(job_id, deadline.first))).json())
         return await self._wait_more(job, deadline)
 
     async def _wait_more(self, job: Job, deadline: _Deadline) -> Job:
