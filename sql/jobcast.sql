@@ -128,18 +128,21 @@ begin
     with inserted as (
         insert into jobcast.jobs (kind, queue, args, priority, run_at, max_attempts,
                                   timeout_secs, idempotency_key, request_hash, last_seq, tenant,
-                                  tags, schedule, scheduled_for)
+                                  tags, schedule, scheduled_for, concurrency_key,
+                                  concurrency_limit)
         select s.kind, coalesce(s.queue, 'default'), coalesce(s.args, '{}'::jsonb),
                coalesce(s.priority, 0), coalesce(s.run_at, now()), coalesce(s.max_attempts, 3),
                s.timeout_secs, s.idempotency_key, s.request_hash, 1, p_tenant,
                case when jsonb_typeof(s.tags) = 'object' and s.tags <> '{}'::jsonb
                     then s.tags end,
-               s.schedule, s.scheduled_for
+               s.schedule, s.scheduled_for, s.concurrency_key,
+               case when s.concurrency_key is not null
+                    then coalesce(s.concurrency_limit, 1) end
           from jsonb_array_elements(p_specs) with ordinality as e(spec, ord),
                jsonb_to_record(e.spec) as s(kind text, queue text, args jsonb, priority smallint,
                    run_at timestamptz, max_attempts integer, timeout_secs integer,
                    idempotency_key text, request_hash text, tags jsonb, schedule text,
-                   scheduled_for timestamptz)
+                   scheduled_for timestamptz, concurrency_key text, concurrency_limit integer)
          order by e.ord
         on conflict (tenant, idempotency_key) where idempotency_key is not null do nothing
         returning *
@@ -156,8 +159,18 @@ begin
     ), listed as (
         insert into jobcast.queued (id, queue, kind, priority, run_at)
         select i.id, i.queue, i.kind, i.priority, i.run_at from inserted i
+         where i.concurrency_key is null
+    ), held as (
+        -- Jobs with a concurrency key wait here until their key admits them (below).
+        insert into jobcast.held (id, tenant, concurrency_key, queue, priority, run_at)
+        select i.id, i.tenant, i.concurrency_key, i.queue, i.priority, i.run_at
+          from inserted i where i.concurrency_key is not null
     )
     select array_agg(id order by id) into new_ids from inserted;
+    perform jobcast.admit_key(k.tenant, k.concurrency_key)
+       from (select distinct j.tenant, j.concurrency_key from jobcast.jobs j
+              where j.id = any(new_ids) and j.concurrency_key is not null
+              order by 1, 2) k;
 
     -- Wake workers of each queue that got a job due now.
     perform pg_notify('jobcast_jobs', q)
@@ -239,13 +252,34 @@ language plpgsql as $$
 declare
     due_ids bigint[];
     active text[];
+    caps integer[];
+    rated text[] := '{}';
+    cap integer;
     kinds text[];
+    r record;
 begin
-    -- A paused queue keeps its jobs: no worker claims from it until it is resumed.
-    select array_agg(u.name) into active
-      from unnest(p_queues) as u(name)
-     where not exists (select 1 from jobcast.queues p where p.name = u.name and p.paused);
-    if active is null then
+    -- A paused queue keeps its jobs: no worker claims from it until it is resumed. A queue
+    -- with limits (concurrency, rate) gets what they allow now, under its row's lock: the
+    -- limits hold across every worker. Unlimited queues cost one probe, as before.
+    active := '{}';
+    caps := '{}';
+    for r in select u.name, p.paused, p.concurrency, p.rate_per_second
+               from unnest(p_queues) as u(name)
+               left join jobcast.queues p on p.name = u.name
+    loop
+        continue when coalesce(r.paused, false);
+        cap := p_limit;
+        if r.concurrency is not null or r.rate_per_second is not null then
+            cap := jobcast.queue_allowance(r.name, p_limit);
+            continue when cap <= 0;
+            if r.rate_per_second is not null then
+                rated := rated || r.name;
+            end if;
+        end if;
+        active := active || r.name;
+        caps := caps || cap;
+    end loop;
+    if cardinality(active) = 0 then
         return;
     end if;
     -- One index scan per queue and kind, each already in claim order: `queue = any(array)`
@@ -256,16 +290,22 @@ begin
     select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
       from (
         select c.id, c.priority, c.run_at
-          from unnest(active) as q(name)
-          cross join unnest(kinds) as k(name)
-          cross join lateral (
-              select j.id, j.priority, j.run_at
-                from jobcast.queued j
-               where j.queue = q.name and j.kind = k.name and j.run_at <= now()
-               order by j.priority desc, j.run_at, j.id
-               limit p_limit
-                 for update skip locked
+          from (
+            select c.id, c.priority, c.run_at, q.cap,
+                   row_number() over (partition by q.name
+                                      order by c.priority desc, c.run_at, c.id) as n
+              from unnest(active, caps) as q(name, cap)
+              cross join unnest(kinds) as k(name)
+              cross join lateral (
+                  select j.id, j.priority, j.run_at
+                    from jobcast.queued j
+                   where j.queue = q.name and j.kind = k.name and j.run_at <= now()
+                   order by j.priority desc, j.run_at, j.id
+                   limit q.cap
+                     for update skip locked
+              ) c
           ) c
+         where c.n <= c.cap
          order by c.priority desc, c.run_at, c.id
          limit p_limit
       ) c;
@@ -273,7 +313,17 @@ begin
         return;
     end if;
     -- The rows locked above beyond p_limit stay locked until commit but are not claimed.
-    return query select * from jobcast.start_attempts(due_ids, p_worker, p_lease_secs);
+    if cardinality(rated) = 0 then
+        return query select * from jobcast.start_attempts(due_ids, p_worker, p_lease_secs);
+        return;
+    end if;
+    -- Rate-limited queues spend a token per claim.
+    for r in select * from jobcast.start_attempts(due_ids, p_worker, p_lease_secs) loop
+        if r.queue = any(rated) then
+            update jobcast.queues set tokens = tokens - 1 where name = r.queue;
+        end if;
+        return next r;
+    end loop;
 end
 $$;
 
@@ -415,6 +465,10 @@ declare
     ids bigint[];
     attempts integer[];
     results jsonb[];
+    done_ids bigint[];
+    key_tenants text[];
+    key_names text[];
+    done_queues text[];
 begin
     -- Unpacked once into arrays: joining on the JSON directly re-expands it per row.
     select array_agg((x->>'job_id')::bigint), array_agg((x->>'attempt')::integer),
@@ -424,7 +478,6 @@ begin
     if ids is null then
         return;
     end if;
-    return query
     with ended as (
         delete from jobcast.running r
          using unnest(ids, attempts, results) as i(id, attempt, result)
@@ -437,7 +490,8 @@ begin
                lease_until = null, worker = null, last_seq = j.last_seq + 1
           from ended e
          where j.id = e.id and j.status = 'running' and j.attempt = e.attempt
-        returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.result
+        returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.result, j.tenant,
+                  j.concurrency_key
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
         select d.id, d.last_seq, 'succeeded',
@@ -448,7 +502,17 @@ begin
         select jobcast.count_finished(g.queue, 'succeeded', g.n)
           from (select queue, count(*) as n from done group by queue order by queue) g
     )
-    select d.id from done d cross join (select count(*) as n from counted) c;
+    select array_agg(d.id),
+           array_agg(d.tenant) filter (where d.concurrency_key is not null),
+           array_agg(d.concurrency_key) filter (where d.concurrency_key is not null),
+           array_agg(distinct d.queue)
+      into done_ids, key_tenants, key_names, done_queues
+      from done d cross join (select count(*) as n from counted) c;
+    -- Slots of concurrency keys and queues freed: the next held job is admitted, workers
+    -- of a concurrency-limited queue woken.
+    perform jobcast.release_keys(key_tenants, key_names);
+    perform jobcast.wake_limited(done_queues);
+    return query select unnest(coalesce(done_ids, '{}'));
 end
 $$;
 
@@ -492,7 +556,11 @@ begin
     else
         event_type := 'failed';
         perform jobcast.count_finished(j.queue, 'failed', 1);
+        if j.concurrency_key is not null then
+            perform jobcast.release_keys(array[j.tenant::text], array[j.concurrency_key]);
+        end if;
     end if;
+    perform jobcast.wake_limited(array[j.queue::text]);
     insert into jobcast.events (job_id, seq, type, data)
     values (j.id, j.last_seq, event_type,
             jobcast.event_data(j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, event_type,
@@ -513,6 +581,9 @@ language plpgsql as $$
 declare
     ids bigint[];
     retried bigint;
+    key_tenants text[];
+    key_names text[];
+    done_queues text[];
 begin
     with input as (
         select (x->>'job_id')::bigint as id, (x->>'attempt')::integer as attempt,
@@ -537,7 +608,7 @@ begin
           from ended i
          where j.id = i.id and j.status = 'running' and j.attempt = i.attempt
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.error, j.priority,
-                  j.run_at
+                  j.run_at, j.tenant, j.concurrency_key
     ), relisted as (
         insert into jobcast.queued (id, queue, kind, priority, run_at)
         select f.id, f.queue, f.kind, f.priority, f.run_at from failed f
@@ -561,13 +632,22 @@ begin
           from (select queue, count(*) as n from failed where status = 'failed'
                  group by queue order by queue) g
     )
-    select array_agg(f.id), count(*) filter (where f.status = 'queued')
-      into ids, retried
+    select array_agg(f.id), count(*) filter (where f.status = 'queued'),
+           array_agg(f.tenant) filter (where f.concurrency_key is not null
+                                         and f.status = 'failed'),
+           array_agg(f.concurrency_key) filter (where f.concurrency_key is not null
+                                                  and f.status = 'failed'),
+           array_agg(distinct f.queue)
+      into ids, retried, key_tenants, key_names, done_queues
       from failed f cross join (select count(*) as n from wake) w
                     cross join (select count(*) as n from counted) c;
     if retried > 0 then
         perform jobcast.add_to_counter('retries', retried);
     end if;
+    -- A retried job keeps its key's slot (it is admitted again at once); a failed one
+    -- frees it.
+    perform jobcast.release_keys(key_tenants, key_names);
+    perform jobcast.wake_limited(done_queues);
     return query select unnest(coalesce(ids, '{}'));
 end
 $$;
@@ -644,6 +724,7 @@ declare
     next_run_at timestamptz;
     kinds text[];
     active text[];
+    token_wait double precision;
 begin
     -- The claim index is ordered by priority before run_at, so the earliest run_at is
     -- the least of each priority's first entry: walk the distinct priorities (a loose index
@@ -651,12 +732,26 @@ begin
     -- Any kind (null): the kinds queued now.
     -- A paused queue's jobs are not due for anyone (claim_jobs skips them): an idle worker
     -- answered 0 here would claim in a loop, finding nothing.
+    -- Likewise a queue at its concurrency limit (a worker is woken when a slot frees), and
+    -- a rate-limited one is due when its next token is.
     select array_agg(u.name) into active
       from unnest(p_queues) as u(name)
-     where not exists (select 1 from jobcast.queues p where p.name = u.name and p.paused);
+     where not exists (select 1 from jobcast.queues p where p.name = u.name and p.paused)
+       and not exists (select 1 from jobcast.queues p where p.name = u.name
+                          and p.concurrency is not null
+                          and (select count(*) from jobcast.running r where r.queue = p.name)
+                              >= p.concurrency);
     if active is null then
         return null;
     end if;
+    select min((1 - (coalesce(p.tokens, 1) + p.rate_per_second
+                     * extract(epoch from now() - coalesce(p.tokens_at, now()))))
+               / p.rate_per_second)
+      into token_wait
+      from jobcast.queues p
+     where p.name = any(active) and p.rate_per_second is not null
+       and coalesce(p.tokens, 1) + p.rate_per_second
+           * extract(epoch from now() - coalesce(p.tokens_at, now())) < 1;
     kinds := coalesce(p_kinds, jobcast.queued_kinds(active));
     with recursive walk(queue, kind, priority) as (
         select q.name, k.name,
@@ -681,7 +776,7 @@ begin
     if next_run_at is null then
         return null;
     end if;
-    return greatest(extract(epoch from next_run_at - now())::float8, 0);
+    return greatest(extract(epoch from next_run_at - now())::float8, coalesce(token_wait, 0), 0);
 end
 $$;
 
@@ -693,6 +788,7 @@ language plpgsql as $$
 declare
     j jobcast.jobs;
     was_running boolean := false;
+    was_admitted boolean := false;
 begin
     -- Unlisted first (a claim in flight holds the queued row: wait for it, then the job is
     -- running and its running row is there).
@@ -704,12 +800,19 @@ begin
     -- sees the final state, never neither.
     for attempt in 1..20 loop
         delete from jobcast.queued where id = p_job_id;
-        exit when found;
+        if found then
+            was_admitted := true;
+            exit;
+        end if;
         delete from jobcast.running where id = p_job_id;
         if found then
             was_running := true;
+            was_admitted := true;
             exit;
         end if;
+        -- Held behind its concurrency key: it never took a slot.
+        delete from jobcast.held where id = p_job_id;
+        exit when found;
         if not exists (select 1 from jobcast.jobs
                         where id = p_job_id and status in ('queued', 'running')) then
             return;
@@ -730,6 +833,12 @@ begin
     perform jobcast.count_finished(j.queue, 'cancelled', 1);
     if was_running then
         perform pg_notify('jobcast_cancel', j.id::text);
+    end if;
+    if was_admitted and j.concurrency_key is not null then
+        perform jobcast.release_keys(array[j.tenant::text], array[j.concurrency_key]);
+    end if;
+    if was_running then
+        perform jobcast.wake_limited(array[j.queue::text]);
     end if;
     return next j;
 end
@@ -997,8 +1106,14 @@ begin
            message = null, last_seq = last_seq + 1
      where id = p_job_id
     returning * into j;
-    insert into jobcast.queued (id, queue, kind, priority, run_at)
-    values (j.id, j.queue, j.kind, j.priority, j.run_at);
+    if j.concurrency_key is null then
+        insert into jobcast.queued (id, queue, kind, priority, run_at)
+        values (j.id, j.queue, j.kind, j.priority, j.run_at);
+    else
+        insert into jobcast.held (id, tenant, concurrency_key, queue, priority, run_at)
+        values (j.id, j.tenant, j.concurrency_key, j.queue, j.priority, j.run_at);
+        perform jobcast.admit_key(j.tenant, j.concurrency_key);
+    end if;
     -- Where finished jobs are counted as they finish (jobcast.finished_counts), this one
     -- no longer is. (A plpgsql body resolves names when it runs: fine without the table.)
     if to_regclass('jobcast.finished_counts') is not null then
@@ -1063,6 +1178,10 @@ begin
         select j.queue, 'queued' as status, count(*) as n from jobcast.queued j
          where p_queue is null or j.queue = p_queue group by 1
         union all
+        -- Queued behind a concurrency key.
+        select h.queue, 'queued', count(*) from jobcast.held h
+         where p_queue is null or h.queue = p_queue group by 1
+        union all
         select r.queue, 'running', count(*) from jobcast.running r
          where p_queue is null or r.queue = p_queue group by 1
         union all
@@ -1081,9 +1200,10 @@ begin
            and (p_queue is null or f.queue = p_queue)
     )
     select n.name, coalesce(q.paused, false),
-           (select jsonb_object_agg(s.status, coalesce(c.n, 0))
-              from unnest(enum_range(null::jobcast.job_status)) as s(status)
-              left join counts c on c.queue = n.name and c.status = s.status::text),
+           (select jsonb_object_agg(s.status,
+                       coalesce((select sum(c.n) from counts c
+                                  where c.queue = n.name and c.status = s.status::text), 0))
+              from unnest(enum_range(null::jobcast.job_status)) as s(status)),
            coalesce((select extract(epoch from now() - min(j.run_at))::float8
                        from jobcast.queued j
                       where j.queue = n.name and j.run_at <= now()), 0),
@@ -1213,6 +1333,7 @@ begin
         select j.id, j.queue, j.kind, j.priority, j.run_at from jobcast.jobs j
          where j.status = 'queued'
            and not exists (select 1 from jobcast.queued q where q.id = j.id)
+           and not exists (select 1 from jobcast.held h where h.id = j.id)
            for update of j
     )
     insert into jobcast.queued (id, queue, kind, priority, run_at)
@@ -1239,6 +1360,10 @@ begin
     delete from jobcast.running r
      where not exists (select 1 from jobcast.jobs j
                         where j.id = r.id and j.status = 'running' and j.attempt = r.attempt);
+    get diagnostics n = row_count;
+    unlisted := unlisted + n;
+    delete from jobcast.held h
+     where not exists (select 1 from jobcast.jobs j where j.id = h.id and j.status = 'queued');
     get diagnostics n = row_count;
     unlisted := unlisted + n;
 end
@@ -1287,4 +1412,151 @@ language sql as $$
      order by s.next_run_at
      limit p_limit
        for update skip locked
+$$;
+
+-- Admits held jobs of a concurrency key while fewer than their limit are admitted or
+-- running (the limit that counts is the one on the job being admitted), in claim order,
+-- and wakes the workers of their queues. Under the key's row lock. Returns how many.
+create or replace function jobcast.admit_key(p_tenant text, p_key text) returns integer
+language plpgsql as $$
+declare
+    active_now integer;
+    h record;
+    admitted integer := 0;
+begin
+    insert into jobcast.concurrency_keys (tenant, concurrency_key) values (p_tenant, p_key)
+    on conflict do nothing;
+    select k.active into active_now from jobcast.concurrency_keys k
+     where k.tenant = p_tenant and k.concurrency_key = p_key
+       for update;
+    loop
+        select hd.id, j.queue, j.kind, j.priority, j.run_at,
+               coalesce(j.concurrency_limit, 1) as lim
+          into h
+          from jobcast.held hd join jobcast.jobs j on j.id = hd.id
+         where hd.tenant = p_tenant and hd.concurrency_key = p_key
+         order by hd.priority desc, hd.run_at, hd.id
+         limit 1;
+        exit when not found or active_now >= h.lim;
+        delete from jobcast.held where id = h.id;
+        continue when not found;
+        insert into jobcast.queued (id, queue, kind, priority, run_at)
+        values (h.id, h.queue, h.kind, h.priority, h.run_at);
+        active_now := active_now + 1;
+        admitted := admitted + 1;
+        perform pg_notify('jobcast_jobs', h.queue);
+    end loop;
+    update jobcast.concurrency_keys set active = active_now
+     where tenant = p_tenant and concurrency_key = p_key;
+    return admitted;
+end
+$$;
+
+-- Frees one slot of each (tenant, key) pair given (a key given twice frees two), then
+-- admits what the freed slots allow. Keys in a fixed order: two transactions releasing the
+-- same keys never wait for each other in a cycle.
+create or replace function jobcast.release_keys(p_tenants text[], p_keys text[]) returns void
+language plpgsql as $$
+declare
+    k record;
+begin
+    if p_keys is null then
+        return;
+    end if;
+    for k in select t, c, count(*)::integer as n
+               from unnest(p_tenants, p_keys) as u(t, c) group by t, c order by t, c loop
+        update jobcast.concurrency_keys set active = greatest(active - k.n, 0)
+         where tenant = k.t and concurrency_key = k.c;
+        perform jobcast.admit_key(k.t, k.c);
+    end loop;
+end
+$$;
+
+-- Wakes the workers of those of `p_queues` that have a concurrency limit: a running job of
+-- theirs ended, so a slot is free (a worker waits for this instead of polling).
+create or replace function jobcast.wake_limited(p_queues text[]) returns void
+language sql as $$
+    select pg_notify('jobcast_jobs', q.name)
+      from jobcast.queues q
+     where q.name = any(p_queues) and q.concurrency is not null
+$$;
+
+-- How many jobs of `p_queue` a claim may take now (at most p_want): its concurrency limit
+-- less its running jobs, and its rate limit's whole tokens (refilled here). Locks the
+-- queue's row until the claim commits: the limits hold across every worker.
+create or replace function jobcast.queue_allowance(p_queue text, p_want integer)
+returns integer
+language plpgsql as $$
+declare
+    q jobcast.queues;
+    allowed integer := p_want;
+    running integer;
+    full_bucket double precision;
+begin
+    select * into q from jobcast.queues where name = p_queue for update;
+    if not found then
+        return p_want;
+    end if;
+    if q.concurrency is not null then
+        select count(*) into running from jobcast.running r where r.queue = p_queue;
+        allowed := least(allowed, q.concurrency - running);
+    end if;
+    if q.rate_per_second is not null then
+        full_bucket := greatest(coalesce(q.burst, q.rate_per_second), 1);
+        q.tokens := least(full_bucket,
+                          coalesce(q.tokens, full_bucket) + q.rate_per_second
+                          * extract(epoch from now() - coalesce(q.tokens_at, now())));
+        update jobcast.queues set tokens = q.tokens, tokens_at = now() where name = p_queue;
+        allowed := least(allowed, floor(q.tokens)::integer);
+    end if;
+    return greatest(allowed, 0);
+end
+$$;
+
+-- Sets or removes a queue's limits (null removes one); the queue row is made if needed.
+create or replace function jobcast.set_queue_limits(
+    p_queue text, p_concurrency integer, p_rate double precision, p_burst double precision
+) returns setof jobcast.queues
+language plpgsql as $$
+declare
+    q jobcast.queues;
+begin
+    insert into jobcast.queues (name, concurrency, rate_per_second, burst)
+    values (p_queue, p_concurrency, p_rate, p_burst)
+    on conflict (name) do update
+       set concurrency = excluded.concurrency, rate_per_second = excluded.rate_per_second,
+           burst = excluded.burst, updated_at = now(),
+           -- A new rate starts with a full bucket.
+           tokens = case when jobcast.queues.rate_per_second is distinct from excluded.rate_per_second
+                         then null else jobcast.queues.tokens end,
+           tokens_at = case when jobcast.queues.rate_per_second is distinct from excluded.rate_per_second
+                            then null else jobcast.queues.tokens_at end
+    returning * into q;
+    perform pg_notify('jobcast_jobs', p_queue);
+    return next q;
+end
+$$;
+
+-- Why a queued job is not running yet: held behind its concurrency key, its queue paused,
+-- at its concurrency limit, or out of rate tokens; null otherwise.
+create or replace function jobcast.waiting_for(
+    p_id bigint, p_queue text, p_status jobcast.job_status
+) returns text
+language sql stable as $$
+    select case
+        when p_status <> 'queued' then null
+        when exists (select 1 from jobcast.held h where h.id = p_id) then 'concurrency_key'
+        else (select case
+                  when q.paused then 'paused'
+                  when q.concurrency is not null
+                       and (select count(*) from jobcast.running r where r.queue = q.name)
+                           >= q.concurrency then 'queue_concurrency'
+                  when q.rate_per_second is not null
+                       and coalesce(q.tokens, greatest(coalesce(q.burst, q.rate_per_second), 1))
+                           + q.rate_per_second
+                           * extract(epoch from now() - coalesce(q.tokens_at, now())) < 1
+                       then 'queue_rate'
+              end
+              from jobcast.queues q where q.name = p_queue)
+    end
 $$;

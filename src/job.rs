@@ -203,9 +203,17 @@ pub struct JobSpec {
     /// String pairs to list and follow the job by (`?tag=KEY:VALUE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// At most `concurrency_limit` jobs with this key (and tenant) run at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// See `concurrency_key` (1-1000, default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<i32>,
 }
 
-const SPEC_FIELDS: [&str; 8] = [
+const SPEC_FIELDS: [&str; 10] = [
+    "concurrency_key",
+    "concurrency_limit",
     "kind",
     "queue",
     "args",
@@ -343,8 +351,38 @@ impl JobSpec {
             None => None,
             Some(v) => parse_tags(v, "tags")?,
         };
+        let concurrency_key = match object.get("concurrency_key") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let key = string_field(v, "concurrency_key")?;
+                let chars = key.chars().count();
+                if !(1..=128).contains(&chars) || key.contains('\0') {
+                    return Err(SpecError::rule(
+                        "concurrency_key",
+                        "must be 1-128 characters",
+                    ));
+                }
+                Some(key.to_owned())
+            }
+        };
+        let concurrency_limit = match object.get("concurrency_limit") {
+            None | Some(Value::Null) => None,
+            Some(_) => {
+                if concurrency_key.is_none() {
+                    return Err(SpecError::rule(
+                        "concurrency_limit",
+                        "applies to jobs with a concurrency_key",
+                    ));
+                }
+                Some(int_field(object, "concurrency_limit", 1, 1, 1000)? as i32)
+            }
+        };
         Ok(JobSpec {
             tags,
+            concurrency_limit: concurrency_key
+                .as_ref()
+                .map(|_| concurrency_limit.unwrap_or(1)),
+            concurrency_key,
             kind: kind.to_owned(),
             queue: queue.to_owned(),
             args,
@@ -481,6 +519,13 @@ pub struct Job {
     pub last_event_id: i32,
     /// The job's tags (null when it has none).
     pub tags: Option<Value>,
+    /// Why a queued job is not running yet (`concurrency_key`, `queue_concurrency`,
+    /// `queue_rate`, `paused`), or null.
+    pub waiting_for: Option<String>,
+    /// The job's concurrency key (null when it has none).
+    pub concurrency_key: Option<String>,
+    /// How many jobs of its key may run at once.
+    pub concurrency_limit: Option<i32>,
     /// The schedule that made the job (null otherwise).
     pub schedule: Option<String>,
     /// The schedule's slot the job is for.
@@ -573,6 +618,9 @@ impl Job {
             updated_at: ts("updated_at")?.unwrap_or_default(),
             last_event_id: row.try_get("last_seq")?,
             tags: optional_column(row, "tags")?.flatten(),
+            waiting_for: optional_column(row, "waiting_for")?.flatten(),
+            concurrency_key: optional_column(row, "concurrency_key")?.flatten(),
+            concurrency_limit: optional_column(row, "concurrency_limit")?.flatten(),
             schedule: optional_column(row, "schedule")?.flatten(),
             scheduled_for: optional_column::<Option<DateTime<Utc>>>(row, "scheduled_for")?
                 .flatten()

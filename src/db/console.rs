@@ -29,6 +29,12 @@ pub struct QueueSummary {
     pub succeeded_per_minute: Vec<i32>,
     /// Jobs that failed for good in each of the last 15 minutes, oldest minute first.
     pub failed_per_minute: Vec<i32>,
+    /// At most this many of its jobs run at once, across every worker (null: no limit).
+    pub concurrency: Option<i32>,
+    /// At most this many claims a second, across every worker (null: no limit).
+    pub rate_per_second: Option<f64>,
+    /// The rate limit's bucket (default: the rate).
+    pub burst: Option<f64>,
 }
 
 /// `jobcast.queue_summaries`: every queue with jobs or paused, or only `queue`.
@@ -37,19 +43,72 @@ pub async fn queue_summaries(
     queue: Option<&str>,
 ) -> Result<Vec<QueueSummary>> {
     let statement = "select * from jobcast.queue_summaries($1)";
-    let rows = super::query(client, statement, &[&queue]).await?;
-    rows.iter()
+    let mut rows = super::query(client, statement, &[&queue]).await?;
+    // Queues with limits are listed even without jobs; their limits go with them.
+    let limits = super::query(
+        client,
+        "select name, concurrency, rate_per_second, burst from jobcast.queues
+          where (concurrency is not null or rate_per_second is not null)
+            and ($1::text is null or name = $1)
+          order by name",
+        &[&queue],
+    )
+    .await?;
+    for limit in &limits {
+        let name: String = limit.try_get("name")?;
+        let listed = rows
+            .iter()
+            .any(|r| r.try_get::<_, String>("name").ok().as_deref() == Some(name.as_str()));
+        if !listed && queue.is_none() {
+            rows.extend(super::query(client, statement, &[&Some(name.as_str())]).await?);
+        }
+    }
+    let mut summaries = rows
+        .iter()
         .map(|row| {
+            let name: String = row.try_get("name")?;
+            let limit = limits
+                .iter()
+                .find(|l| l.try_get::<_, String>("name").ok().as_deref() == Some(name.as_str()));
             Ok(QueueSummary {
-                name: row.try_get("name")?,
                 paused: row.try_get("paused")?,
                 jobs: row.try_get("jobs")?,
                 oldest_queued_seconds: row.try_get("oldest_queued_seconds")?,
                 succeeded_per_minute: row.try_get("succeeded_per_minute")?,
                 failed_per_minute: row.try_get("failed_per_minute")?,
+                concurrency: limit
+                    .map(|l| l.try_get("concurrency"))
+                    .transpose()?
+                    .flatten(),
+                rate_per_second: limit
+                    .map(|l| l.try_get("rate_per_second"))
+                    .transpose()?
+                    .flatten(),
+                burst: limit.map(|l| l.try_get("burst")).transpose()?.flatten(),
+                name,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    summaries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(summaries)
+}
+
+/// `jobcast.set_queue_limits`: `None` removes a limit.
+pub async fn set_queue_limits(
+    client: &impl GenericClient,
+    queue: &str,
+    concurrency: Option<i32>,
+    rate_per_second: Option<f64>,
+    burst: Option<f64>,
+) -> Result<()> {
+    let statement = "select name from jobcast.set_queue_limits($1, $2, $3, $4)";
+    super::query(
+        client,
+        statement,
+        &[&queue, &concurrency, &rate_per_second, &burst],
+    )
+    .await?;
+    Ok(())
 }
 
 /// `jobcast.set_queue_paused`.

@@ -65,7 +65,8 @@ pub async fn enqueue_job(
 macro_rules! job_columns {
     () => {
         "j.*, jobcast.job_subscribers(j.id) as subscribers,
-         jobcast.job_hint(j.queue, j.kind, j.status, j.run_at) as hint"
+         jobcast.job_hint(j.queue, j.kind, j.status, j.run_at) as hint,
+         jobcast.waiting_for(j.id, j.queue, j.status) as waiting_for"
     };
 }
 
@@ -396,7 +397,12 @@ pub async fn output_text(
     let statement = "select string_agg(e.data->>'text', '' order by e.seq)
                        from jobcast.events e
                       where e.job_id = $1 and e.type = 'output'
-                        and (e.data->>'attempt')::int = $2 and e.data->>'stream' = $3";
+                        and (e.data->>'attempt')::int = $2 and e.data->>'stream' = $3
+                        -- An attempt handed back by a stopping worker is claimed again
+                        -- with the same number: its latest start counts.
+                        and e.seq > coalesce((select max(s.seq) from jobcast.events s
+                                               where s.job_id = $1 and s.type = 'started'
+                                                 and (s.data->>'attempt')::int = $2), 0)";
     let row = super::query_one(client, statement, &[&id.0, &attempt, &stream]).await?;
     Ok(row.try_get(0)?)
 }

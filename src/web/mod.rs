@@ -97,6 +97,7 @@ pub fn build(
             )
             .route("/v1/jobs/{id}/retry", web::post().to(queues::retry_job))
             .route("/v1/queues", web::get().to(queues::list_queues))
+            .route("/v1/queues/{name}", web::patch().to(queues::patch_queue))
             .route(
                 "/v1/queues/{name}/pause",
                 web::post().to(queues::pause_queue),

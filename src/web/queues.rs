@@ -96,6 +96,86 @@ async fn set_paused(name: &str, paused: bool, state: &WebState) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(queue))
 }
 
+/// `PATCH /v1/queues/{name}` body `{"concurrency": N|null, "rate_per_second": R|null,
+/// "burst": B}`: limits across every worker. A member left out keeps its value; `null`
+/// removes the limit.
+pub async fn patch_queue(
+    req: actix_web::HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    caller: Caller,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, ApiError> {
+    operator_only(&caller, &state)?;
+    let name = queue_name(&path)?.to_owned();
+    let body = super::jobs::read_json(&req, payload, &state).await?;
+    let object = body
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("body: expected a JSON object".into()))?;
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !["concurrency", "rate_per_second", "burst"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(unknown.as_str(), "unknown field"));
+    }
+    let client = state.pool.get().await?;
+    let current = db::console::queue_summaries(&client, Some(&name))
+        .await?
+        .into_iter()
+        .next();
+    let mut concurrency = current.as_ref().and_then(|q| q.concurrency);
+    let mut rate = current.as_ref().and_then(|q| q.rate_per_second);
+    let mut burst = current.as_ref().and_then(|q| q.burst);
+    if let Some(value) = object.get("concurrency") {
+        concurrency = match value {
+            serde_json::Value::Null => None,
+            v => Some(
+                v.as_i64()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "concurrency",
+                            "must be an integer of at least 1, or null",
+                        )
+                    })? as i32,
+            ),
+        };
+    }
+    if let Some(value) = object.get("rate_per_second") {
+        rate = match value {
+            serde_json::Value::Null => None,
+            v => Some(
+                v.as_f64()
+                    .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1_000_000.0)
+                    .ok_or_else(|| {
+                        ApiError::invalid("rate_per_second", "must be a number above 0, or null")
+                    })?,
+            ),
+        };
+    }
+    if let Some(value) = object.get("burst") {
+        burst = match value {
+            serde_json::Value::Null => None,
+            v => Some(
+                v.as_f64()
+                    .filter(|b| b.is_finite() && *b >= 1.0 && *b <= 1_000_000.0)
+                    .ok_or_else(|| ApiError::invalid("burst", "must be a number of at least 1"))?,
+            ),
+        };
+    }
+    if rate.is_none() {
+        burst = None;
+    }
+    db::console::set_queue_limits(&client, &name, concurrency, rate, burst).await?;
+    tracing::info!(queue = %name, ?concurrency, ?rate, ?burst, "queue limits changed");
+    let queue = db::console::queue_summaries(&client, Some(&name))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("queue summary missing after update".into()))?;
+    Ok(HttpResponse::Ok().json(queue))
+}
+
 /// `POST /v1/queues/{name}/pause`: no worker claims from it until it is resumed.
 pub async fn pause_queue(
     path: web::Path<String>,

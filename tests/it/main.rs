@@ -14,6 +14,7 @@ mod dev;
 mod docs;
 mod exec;
 mod firehose;
+mod flow;
 mod hardening;
 mod health;
 mod hub_cursor;
