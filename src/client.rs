@@ -97,6 +97,25 @@ impl Client {
         })
     }
 
+    /// Any request to the API: `method` on `path` with an optional JSON body; the JSON
+    /// answer (`null` for a `204`), or the problem's detail.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.server));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        self.json_or_problem(response).await
+    }
+
     /// `POST /v1/jobs`: the job object.
     pub async fn submit(&self, submission: &Submission) -> Result<Value, ClientError> {
         let mut request = self

@@ -116,9 +116,127 @@ enum Command {
         #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Create, list, pause, resume or delete schedules through the HTTP API.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+        /// The web tier's URL.
+        #[arg(
+            long,
+            env = "JOBCAST_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+    },
     /// Stops the `--exec` process groups of a worker that is gone (started by the worker).
     #[command(name = "exec-reaper", hide = true)]
     ExecReaper,
+}
+
+#[derive(Subcommand)]
+enum ScheduleAction {
+    /// Create or replace a schedule (by name).
+    Set {
+        /// Unique per tenant.
+        name: String,
+        /// Five fields (minute hour day-of-month month day-of-week), six with seconds
+        /// first, or @hourly/@daily/@weekly/@monthly/@yearly.
+        #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+        cron: Option<String>,
+        /// An interval instead of a pattern: 30s, 5m, 1h30m, 1d.
+        #[arg(long)]
+        every: Option<String>,
+        /// IANA time zone the pattern is read in.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// The job kind each slot enqueues.
+        #[arg(long)]
+        kind: String,
+        /// The job's args, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// The job's queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// `skip`: no new job while the previous one has not ended.
+        #[arg(long, default_value = "allow", value_parser = ["allow", "skip"])]
+        overlap: String,
+        /// After downtime: `latest` missed slot, `none`, or `all` (at most 100).
+        #[arg(long, default_value = "latest", value_parser = ["latest", "none", "all"])]
+        catch_up: String,
+    },
+    /// List the schedules.
+    List,
+    /// Pause a schedule.
+    Pause {
+        /// The schedule.
+        name: String,
+    },
+    /// Resume a schedule (from its next slot).
+    Resume {
+        /// The schedule.
+        name: String,
+    },
+    /// Delete a schedule (its jobs stay).
+    Delete {
+        /// The schedule.
+        name: String,
+    },
+}
+
+async fn schedule(action: ScheduleAction, server: &str) -> anyhow::Result<u8> {
+    use reqwest::Method;
+    let client = client::Client::new(server);
+    let answer = match action {
+        ScheduleAction::Set {
+            name,
+            cron,
+            every,
+            timezone,
+            kind,
+            args,
+            queue,
+            overlap,
+            catch_up,
+        } => {
+            let args: Value = serde_json::from_str(&args).context("--args is not valid JSON")?;
+            let mut job = json!({"kind": kind, "args": args});
+            if let Some(queue) = queue {
+                job["queue"] = Value::from(queue);
+            }
+            let mut body = json!({"name": name, "timezone": timezone, "job": job,
+                                  "overlap": overlap, "catch_up": catch_up});
+            match (cron, every) {
+                (Some(cron), _) => body["cron"] = Value::from(cron),
+                (None, Some(every)) => body["every"] = Value::from(every),
+                (None, None) => bail!("--cron or --every is required"),
+            }
+            client
+                .call(Method::POST, "/v1/schedules", Some(&body))
+                .await?
+        }
+        ScheduleAction::List => client.call(Method::GET, "/v1/schedules", None).await?,
+        ScheduleAction::Pause { name } => {
+            client
+                .call(Method::POST, &format!("/v1/schedules/{name}/pause"), None)
+                .await?
+        }
+        ScheduleAction::Resume { name } => {
+            client
+                .call(Method::POST, &format!("/v1/schedules/{name}/resume"), None)
+                .await?
+        }
+        ScheduleAction::Delete { name } => {
+            client
+                .call(Method::DELETE, &format!("/v1/schedules/{name}"), None)
+                .await?;
+            println!("deleted");
+            return Ok(0);
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -126,6 +244,7 @@ fn main() -> ExitCode {
     let quiet = matches!(
         cli.command,
         Command::Submit { .. }
+            | Command::Schedule { .. }
             | Command::Watch { .. }
             | Command::ExecReaper
             | Command::Health { .. }
@@ -273,6 +392,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             )
             .await
         }
+        Command::Schedule { action, server } => schedule(action, &server).await,
         Command::ExecReaper => {
             tokio::task::spawn_blocking(worker::exec::reap).await?;
             Ok(0)

@@ -203,3 +203,92 @@ async fn cors_allows_the_configured_origin_only() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+/// `submit --wait` (one request, exit code by outcome) and `schedule set/list/delete`.
+#[tokio::test]
+async fn submit_wait_and_schedules_from_the_command_line() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let _work = Proc::work(&db.url, &[]);
+    let server = serve.url().to_owned();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            jobcast(&args)
+        })
+    };
+    let args = |list: &[&str]| {
+        let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        v.extend(["--server".to_string(), server.clone()]);
+        v
+    };
+    let out = run(args(&[
+        "submit",
+        "demo.echo",
+        "--args",
+        r#"{"x": 1}"#,
+        "--wait",
+        "10",
+        "--tag",
+        "user=42",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["result"], json!({"x": 1}));
+    assert_eq!(job["tags"], json!({"user": "42"}));
+    let out = run(args(&[
+        "submit",
+        "demo.steps",
+        "--args",
+        r#"{"fail_at": 1}"#,
+        "--wait",
+        "10",
+    ]))
+    .await
+    .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a job that never succeeds: {out:?}"
+    );
+
+    let out = run(args(&[
+        "schedule",
+        "set",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--kind",
+        "demo.echo",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let schedule: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schedule["name"], "nightly");
+    let out = run(args(&["schedule", "list"])).await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["schedules"][0]["cron"], "0 3 * * *");
+    let out = run(args(&[
+        "schedule",
+        "set",
+        "bad",
+        "--cron",
+        "nope",
+        "--kind",
+        "demo.echo",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cron"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let out = run(args(&["schedule", "delete", "nightly"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
