@@ -1264,7 +1264,10 @@ language sql stable as $$
         when p_run_at > now() - interval '1 minute' then null
         when jobcast.kind_has_worker(p_queue, p_kind) then null
         else 'no worker has claimed kind ' || p_kind || ' in '
-             || floor(extract(epoch from now() - p_run_at) / 60)::bigint || ' minutes'
+             || case floor(extract(epoch from now() - p_run_at) / 60)::bigint
+                     when 1 then '1 minute'
+                     else floor(extract(epoch from now() - p_run_at) / 60)::bigint || ' minutes'
+                end
              || ' (no live worker takes it from queue ' || p_queue || ')'
     end
 $$;

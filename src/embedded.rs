@@ -44,6 +44,15 @@ pub struct Cluster {
 impl Cluster {
     /// Creates the cluster under `root` if needed and starts it unless it already runs.
     pub async fn start_or_reuse(root: &Path) -> Result<Cluster, EmbeddedError> {
+        Cluster::start_or_reuse_on(root, None).await
+    }
+
+    /// [`start_or_reuse`](Self::start_or_reuse) on `port` when given (`jobcast dev
+    /// --pg-port`): a port taken by something else is an error, not a silent other port.
+    pub async fn start_or_reuse_on(
+        root: &Path,
+        port: Option<u16>,
+    ) -> Result<Cluster, EmbeddedError> {
         let root = std::path::absolute(root)
             .map_err(|e| EmbeddedError::Io(format!("cannot resolve {}", root.display()), e))?;
         let run_as = is_root().then_some("nobody");
@@ -56,11 +65,36 @@ impl Cluster {
         };
         cluster.init().await?;
         cluster.password = cluster.read_or_create_password()?;
-        if let Some(port) = cluster.running_port().await {
-            tracing::info!(port, "reusing the running embedded PostgreSQL");
-            cluster.port = port;
+        if let Some(running) = cluster.running_port().await {
+            if port.is_some_and(|wanted| wanted != running) {
+                return Err(EmbeddedError::Io(
+                    format!(
+                        "the embedded PostgreSQL already runs on port {running}, not {}: stop \
+                         the other `jobcast dev` first",
+                        port.unwrap_or_default()
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::AddrInUse),
+                ));
+            }
+            tracing::info!(port = running, "reusing the running embedded PostgreSQL");
+            cluster.port = running;
         } else {
-            cluster.port = cluster.stable_port()?;
+            cluster.port = match port {
+                Some(wanted) if is_free(wanted) => {
+                    let file = cluster.root.join("port");
+                    std::fs::write(&file, format!("{wanted}\n")).map_err(|e| {
+                        EmbeddedError::Io(format!("cannot write {}", file.display()), e)
+                    })?;
+                    wanted
+                }
+                Some(wanted) => {
+                    return Err(EmbeddedError::Io(
+                        format!("--pg-port {wanted} is taken by another program"),
+                        std::io::Error::from(std::io::ErrorKind::AddrInUse),
+                    ))
+                }
+                None => cluster.stable_port()?,
+            };
             cluster.start().await?;
         }
         cluster.require_password().await?;

@@ -27,6 +27,10 @@ enum Command {
     Dev {
         #[command(flatten)]
         database: DatabaseArgs,
+        /// The port of the private PostgreSQL cluster (default: the one it had last time,
+        /// else a free one).
+        #[arg(long, env = "JOBCAST_DEV_PG_PORT")]
+        pg_port: Option<u16>,
         #[command(flatten)]
         web: WebArgs,
         #[command(flatten)]
@@ -293,9 +297,10 @@ async fn run(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Dev {
             database,
+            pg_port,
             web,
             work,
-        } => dev(database, web, work).await,
+        } => dev(database, pg_port, web, work).await,
         Command::Serve {
             database,
             web,
@@ -497,7 +502,12 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyhow::Result<u8> {
+async fn dev(
+    database: DatabaseArgs,
+    pg_port: Option<u16>,
+    web_args: WebArgs,
+    work: WorkArgs,
+) -> anyhow::Result<u8> {
     check_queues(&work)?;
     // Before the cluster starts: a refused auth set-up fails at once.
     web::auth::Gate::check(&web_args).map_err(anyhow::Error::msg)?;
@@ -507,9 +517,10 @@ async fn dev(database: DatabaseArgs, web_args: WebArgs, work: WorkArgs) -> anyho
     let url = match database.database_url.clone() {
         Some(url) => url,
         None => {
-            let started = embedded::Cluster::start_or_reuse(std::path::Path::new(".jobcast/pg"))
-                .await
-                .context("cannot start the embedded PostgreSQL")?;
+            let started =
+                embedded::Cluster::start_or_reuse_on(std::path::Path::new(".jobcast/pg"), pg_port)
+                    .await
+                    .context("cannot start the embedded PostgreSQL")?;
             let url = started.url();
             // The private cluster's URL (its password is in .jobcast/pg/password anyway).
             println!("database: {url}");

@@ -229,10 +229,14 @@ pub async fn kinds_without_worker(client: &impl GenericClient) -> Result<Vec<Kin
             let queue: String = row.try_get("queue")?;
             let kind: String = row.try_get("kind")?;
             let oldest_due_seconds: f64 = row.try_get("oldest_due_seconds")?;
-            let minutes = (oldest_due_seconds / 60.0).floor() as i64;
+            let waited = match oldest_due_seconds {
+                s if s < 60.0 => format!("{} s", s.floor() as i64),
+                s if s < 120.0 => "1 minute".to_owned(),
+                s => format!("{} minutes", (s / 60.0).floor() as i64),
+            };
             Ok(KindWithoutWorker {
                 hint: format!(
-                    "no worker has claimed kind {kind} in {minutes} minutes \
+                    "no worker has claimed kind {kind} in {waited} \
                      (no live worker takes it from queue {queue})"
                 ),
                 queue,

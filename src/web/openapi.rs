@@ -3,6 +3,8 @@
 //! it (every status and body of every answer must be the documented one).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+
 use actix_web::HttpResponse;
 use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -25,11 +27,17 @@ pub async fn document() -> HttpResponse {
                        (the two stream endpoints also take a stream token in `token`)."
     ),
     paths(
-        create_job, create_batch, get_job, list_jobs, cancel_job, job_events, all_events,
-        create_token, retry_job, list_queues, pause_queue, resume_queue, list_workers,
-        healthz, readyz, metrics, dashboard, console_js, client_js, client_d_ts, openapi
+        create_job, create_batch, get_job, list_jobs, cancel_job, job_events, job_output,
+        all_events, create_token, retry_job, list_queues, pause_queue, resume_queue,
+        list_workers, create_schedule, list_schedules, get_schedule, delete_schedule,
+        pause_schedule, resume_schedule, healthz, readyz, metrics, dashboard, console_js,
+        client_js, client_d_ts, openapi
     ),
-    components(schemas(Job, Links, Status, JobSpec, Batch, Jobs, JobPage, TokenRequest, JobsToken, FirehoseToken, Token, Problem)),
+    components(schemas(
+        Job, Links, Status, JobSpec, Batch, Jobs, JobPage, TokenRequest, JobsToken,
+        FirehoseToken, TagsToken, Token, ScheduleSpec, Schedule, Schedules, Overlap, CatchUp,
+        Problem
+    )),
     modifiers(&Security),
     security(("bearer" = []))
 )]
@@ -83,6 +91,13 @@ struct Job {
     updated_at: String,
     /// Seq of the job's latest event.
     last_event_id: i32,
+    /// The job's tags (null when it has none).
+    tags: Option<HashMap<String, String>>,
+    /// The schedule that made the job (null otherwise).
+    schedule: Option<String>,
+    /// The slot of that schedule the job was made for.
+    #[schema(format = DateTime)]
+    scheduled_for: Option<String>,
     /// Streams open on this job across every `serve` (a few seconds old at most).
     subscribers: i64,
     /// Why a queued job is not running: its queue is paused, or no worker takes its kind.
@@ -129,6 +144,8 @@ struct JobSpec {
     max_attempts: Option<i32>,
     #[schema(minimum = 1, maximum = 86400)]
     timeout_secs: Option<i32>,
+    /// At most 16 string pairs: keys `^[a-z][a-z0-9_.-]{0,31}$`, values 1-128 characters.
+    tags: Option<HashMap<String, String>>,
 }
 
 /// Specs enqueued all or nothing.
@@ -152,12 +169,13 @@ struct JobPage {
     next_cursor: Option<String>,
 }
 
-/// A token for some jobs, or for the firehose.
+/// A token for some jobs, for the firehose, or for the jobs carrying some tags.
 #[derive(ToSchema)]
 #[serde(untagged)]
 enum TokenRequest {
     Jobs(JobsToken),
     Firehose(FirehoseToken),
+    Tags(TagsToken),
 }
 
 /// A token for 1-100 of the caller's jobs.
@@ -184,12 +202,98 @@ struct FirehoseToken {
     ttl_secs: Option<i64>,
 }
 
+/// A token for the firehose of the caller's jobs carrying all these tags (a request may add
+/// tags, never drop one).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TagsToken {
+    /// 1-16 string pairs, as a job's `tags`.
+    tags: HashMap<String, String>,
+    #[schema(minimum = 1, maximum = 86400)]
+    ttl_secs: Option<i64>,
+}
+
 /// A stream token.
 #[derive(ToSchema)]
 struct Token {
     token: String,
     #[schema(format = DateTime)]
     expires_at: String,
+}
+
+/// A schedule to create or replace (by name).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ScheduleSpec {
+    /// Unique per tenant: 1-128 characters of `[A-Za-z0-9_.:-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    name: String,
+    /// Five fields (minute hour day-of-month month day-of-week), six with seconds first, or
+    /// `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`. Exactly one of `cron` and `every`.
+    cron: Option<String>,
+    /// An interval (`30s`, `5m`, `1h30m`, `1d`; 1 s to 366 d), on multiples of it since the
+    /// Unix epoch.
+    every: Option<String>,
+    /// An IANA time zone name; the cron pattern is read in its local time.
+    #[schema(default = "UTC")]
+    timezone: Option<String>,
+    /// The job made on every slot, as the body of `POST /v1/jobs`.
+    job: JobSpec,
+    overlap: Option<Overlap>,
+    catch_up: Option<CatchUp>,
+    /// Create it paused; left out when replacing, the current state is kept.
+    paused: Option<bool>,
+}
+
+/// `allow` (default): a job for every slot; `skip`: no new job while the schedule's previous
+/// job is queued or running.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+enum Overlap {
+    Allow,
+    Skip,
+}
+
+/// Slots missed while no worker fired them: `latest` (default) fires the most recent one,
+/// `none` none, `all` every one (at most 100).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+enum CatchUp {
+    Latest,
+    None,
+    All,
+}
+
+/// A schedule.
+#[derive(ToSchema)]
+struct Schedule {
+    name: String,
+    cron: Option<String>,
+    every: Option<String>,
+    timezone: String,
+    /// The job spec, its defaults filled in.
+    job: Value,
+    overlap: Overlap,
+    catch_up: CatchUp,
+    paused: bool,
+    /// The next slot (null when the pattern never matches again).
+    #[schema(format = DateTime)]
+    next_run_at: Option<String>,
+    /// The last slot that made a job.
+    #[schema(format = DateTime)]
+    last_run_at: Option<String>,
+    /// The job of that slot.
+    last_job_id: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// The tenant's schedules, by name.
+#[derive(ToSchema)]
+struct Schedules {
+    schedules: Vec<Schedule>,
 }
 
 /// An RFC 9457 problem document.
@@ -250,11 +354,14 @@ enum BodyRefusals {
 /// Enqueue a job.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     request_body(content = JobSpec, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-200 characters; the same key and body again returns the same job")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters; the same key and body again returns the same job"),
+        ("wait" = Option<i32>, Query, minimum = 1, maximum = 60, description = "seconds to wait for the job to end: 200 once it has, 202 with the job as it is when the wait is over")
+    ),
     responses(
-        (status = 202, description = "Enqueued", body = Job,
+        (status = 202, description = "Enqueued (with `wait`: not finished when the wait ended)", body = Job,
          headers(("Location" = String, description = "/v1/jobs/ID"))),
-        (status = 200, description = "The job of this Idempotency-Key and body", body = Job,
+        (status = 200, description = "The job of this Idempotency-Key and body, or (with `wait`) the job once it has ended", body = Job,
          headers(("Location" = String, description = "/v1/jobs/ID"))),
         (status = 409, description = "The Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
         BodyRefusals, Refusals
@@ -269,12 +376,16 @@ fn create_job() {}
 )]
 fn create_batch() {}
 
-/// One job.
+/// One job; with `wait`, once it has ended or when the wait is over.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path)),
+    params(
+        ("id" = String, Path),
+        ("wait" = Option<i32>, Query, minimum = 1, maximum = 60, description = "seconds to wait for the job to end (200 either way: look at `status`)")
+    ),
     responses(
         (status = 200, description = "The job", body = Job),
         (status = 404, description = "No such job (for this tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `wait`, or an unknown parameter", body = Problem, content_type = "application/problem+json"),
         Refusals
     )
 )]
@@ -285,12 +396,13 @@ fn get_job() {}
     params(
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
         ("status" = Option<Status>, Query),
+        ("tag" = Option<Vec<String>>, Query, style = Form, explode, description = "KEY:VALUE, repeatable: jobs carrying all of them"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")
     ),
     responses(
         (status = 200, description = "A page", body = JobPage),
-        (status = 400, description = "limit is not an integer", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "limit is not an integer, or a query string that does not parse", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A parameter breaks a rule", body = Problem, content_type = "application/problem+json"),
         Refusals
     )
@@ -329,25 +441,45 @@ fn cancel_job() {}
 )]
 fn job_events() {}
 
-/// Every event of the tenant's jobs, in commit order (resumable by cursor).
+/// The text of one output stream of a job's attempt (the latest by default).
+#[utoipa::path(get, path = "/v1/jobs/{id}/output/{stream}", tag = "jobs",
+    params(
+        ("id" = String, Path),
+        ("stream" = String, Path, description = "an output stream name, `^[a-z][a-z0-9_.-]{0,31}$`"),
+        ("attempt" = Option<i32>, Query, minimum = 1, description = "another attempt than the latest")
+    ),
+    responses(
+        (status = 200, description = "The stream's text", content_type = "text/plain", body = String),
+        (status = 404, description = "No such job (for this tenant), or no text in that stream of that attempt", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `attempt`, or an unknown parameter", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn job_output() {}
+
+/// Every event of the tenant's jobs, in commit order (resumable by cursor); `output` events
+/// only with `output=1`.
 #[utoipa::path(get, path = "/v1/events", tag = "streams",
     params(
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
+        ("tag" = Option<Vec<String>>, Query, style = Form, explode, description = "KEY:VALUE, repeatable: only jobs carrying all of them"),
+        ("output" = Option<String>, Query, description = "`1` or `true`: include `output` events (left out by default)"),
         ("Last-Event-ID" = Option<String>, Header, description = "a cursor from an event id"),
         ("last_event_id" = Option<String>, Query, description = "a cursor (without the header)"),
-        ("token" = Option<String>, Query, description = "a firehose stream token")
+        ("token" = Option<String>, Query, description = "a firehose or tags stream token")
     ),
     responses(
         (status = 200, description = "Server-Sent Events", content_type = "text/event-stream", body = String),
         (status = 400, description = "A bad cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown parameter, a bad `tag` or `output`", body = Problem, content_type = "application/problem+json"),
         Refusals
     ),
     security(("bearer" = []), ("stream_token" = []))
 )]
 fn all_events() {}
 
-/// Mint a stream token for some of the tenant's jobs or for its firehose.
+/// Mint a stream token for some of the tenant's jobs, for its firehose, or for the firehose
+/// of its jobs carrying some tags.
 #[utoipa::path(post, path = "/v1/tokens", tag = "streams",
     request_body(content = TokenRequest, content_type = "application/json"),
     responses(
@@ -414,6 +546,70 @@ fn resume_queue() {}
 )]
 fn list_workers() {}
 
+/// Create a schedule, or replace the one of that name.
+#[utoipa::path(post, path = "/v1/schedules", tag = "schedules",
+    request_body(content = ScheduleSpec, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = Schedule,
+         headers(("Location" = String, description = "/v1/schedules/NAME"))),
+        (status = 200, description = "Replaced", body = Schedule,
+         headers(("Location" = String, description = "/v1/schedules/NAME"))),
+        BodyRefusals, Refusals
+    )
+)]
+fn create_schedule() {}
+
+/// The tenant's schedules, by name.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+    responses((status = 200, description = "The schedules", body = Schedules), Refusals)
+)]
+fn list_schedules() {}
+
+/// One schedule.
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The schedule", body = Schedule),
+        (status = 404, description = "No such schedule (for this tenant)", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn get_schedule() {}
+
+/// Delete a schedule; the jobs it made stay.
+#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such schedule (for this tenant)", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn delete_schedule() {}
+
+/// Pause a schedule: no job is made until it is resumed.
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The schedule", body = Schedule),
+        (status = 404, description = "No such schedule (for this tenant)", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn pause_schedule() {}
+
+/// Resume a schedule: its next slot is computed from now (slots passed while paused are not
+/// caught up).
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The schedule", body = Schedule),
+        (status = 404, description = "No such schedule (for this tenant)", body = Problem, content_type = "application/problem+json"),
+        Refusals
+    )
+)]
+fn resume_schedule() {}
+
 /// The console's script.
 #[utoipa::path(get, path = "/console.js", tag = "operations", security(()),
     responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String)))]
@@ -474,6 +670,11 @@ mod tests {
             "/v1/queues",
             "/v1/queues/{name}/pause",
             "/v1/workers",
+            "/v1/jobs/{id}/output/{stream}",
+            "/v1/schedules",
+            "/v1/schedules/{name}",
+            "/v1/schedules/{name}/pause",
+            "/v1/schedules/{name}/resume",
             "/client.js",
             "/readyz",
         ] {

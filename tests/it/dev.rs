@@ -12,8 +12,21 @@ async fn dev_comes_up_from_a_clean_directory_serves_the_page_and_runs_a_demo_job
     let dir = std::env::temp_dir().join(format!("jobcast-dev-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("dev.log")).unwrap();
+    // Its PostgreSQL on a port of our choosing (`--pg-port`, issue 25).
+    let pg_port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port().to_string()
+    };
     let child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--grace-secs", "2"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace-secs",
+            "2",
+            "--pg-port",
+            &pg_port,
+        ])
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -27,14 +40,23 @@ async fn dev_comes_up_from_a_clean_directory_serves_the_page_and_runs_a_demo_job
     };
     let child = &mut child.child;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut database = None;
     let url = lines
         .by_ref()
         .map_while(Result::ok)
         .find_map(|line| {
+            if let Some(db) = line.strip_prefix("database: ") {
+                database = Some(db.to_owned());
+            }
             line.strip_prefix("jobcast listening on ")
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| panic!("dev never listened; see {}", dir.join("dev.log").display()));
+    let database = database.expect("dev printed its database URL");
+    assert!(
+        database.contains(&format!(":{pg_port}/")),
+        "{database} is on --pg-port {pg_port}"
+    );
     std::thread::spawn(move || for _ in lines {});
 
     let page = http().get(&url).send().await.unwrap();
@@ -62,6 +84,25 @@ async fn dev_comes_up_from_a_clean_directory_serves_the_page_and_runs_a_demo_job
         .collect(Duration::from_secs(15))
         .await;
     assert_eq!(types(&events).last(), Some(&"succeeded"));
+    // The LLM-style demo streams its text.
+    let id = submit_ok(
+        &url,
+        json!({"kind": "demo.tokens", "args": {"tokens": 20, "token_ms": 5}}),
+    )
+    .await;
+    wait_for_status(&url, &id, "succeeded", Duration::from_secs(15)).await;
+    let text = http()
+        .get(format!("{url}/v1/jobs/{id}/output/output"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.starts_with("tok1 tok2 ") && text.ends_with("tok20 "),
+        "{text}"
+    );
     assert!(
         dir.join(".jobcast/pg/data/PG_VERSION").exists(),
         "a private cluster under ./.jobcast/pg"
