@@ -28,15 +28,15 @@ pub async fn document() -> HttpResponse {
     ),
     paths(
         create_job, create_batch, get_job, list_jobs, cancel_job, job_events, job_output,
-        all_events, create_token, retry_job, list_queues, pause_queue, resume_queue,
-        list_workers, create_schedule, list_schedules, get_schedule, delete_schedule,
+        all_events, create_token, retry_job, list_queues, patch_queue, pause_queue,
+        resume_queue, list_workers, create_schedule, list_schedules, get_schedule, delete_schedule,
         pause_schedule, resume_schedule, healthz, readyz, metrics, dashboard, console_js,
         client_js, client_d_ts, openapi
     ),
     components(schemas(
         Job, Links, Status, JobSpec, Batch, Jobs, JobPage, TokenRequest, JobsToken,
-        FirehoseToken, TagsToken, Token, ScheduleSpec, Schedule, Schedules, Overlap, CatchUp,
-        Problem
+        FirehoseToken, TagsToken, Token, QueueLimits, ScheduleSpec, Schedule, Schedules,
+        Overlap, CatchUp, WaitingFor, Problem
     )),
     modifiers(&Security),
     security(("bearer" = []))
@@ -98,6 +98,11 @@ struct Job {
     /// The slot of that schedule the job was made for.
     #[schema(format = DateTime)]
     scheduled_for: Option<String>,
+    /// At most `concurrency_limit` jobs with this key (and tenant) run at once (null: none).
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<i32>,
+    /// Why a due queued job is held back; null when nothing holds it.
+    waiting_for: Option<WaitingFor>,
     /// Streams open on this job across every `serve` (a few seconds old at most).
     subscribers: i64,
     /// Why a queued job is not running: its queue is paused, or no worker takes its kind.
@@ -146,6 +151,39 @@ struct JobSpec {
     timeout_secs: Option<i32>,
     /// At most 16 string pairs: keys `^[a-z][a-z0-9_.-]{0,31}$`, values 1-128 characters.
     tags: Option<HashMap<String, String>>,
+    /// 1-128 characters: at most `concurrency_limit` jobs with this key run at once, across
+    /// every worker.
+    #[schema(min_length = 1, max_length = 128)]
+    concurrency_key: Option<String>,
+    /// Only with a `concurrency_key`.
+    #[schema(minimum = 1, maximum = 1000, default = 1)]
+    concurrency_limit: Option<i32>,
+}
+
+/// What holds a queued job back.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum WaitingFor {
+    ConcurrencyKey,
+    QueueConcurrency,
+    QueueRate,
+    Paused,
+}
+
+/// A queue's limits, across every worker. A member left out keeps its value; `null` removes
+/// the limit (removing the rate removes the burst).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+struct QueueLimits {
+    /// At most this many of the queue's jobs running at once.
+    #[schema(minimum = 1, maximum = 1000000)]
+    concurrency: Option<i64>,
+    /// At most this many claims a second.
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
+    rate_per_second: Option<f64>,
+    /// The rate's token bucket (default: the rate).
+    #[schema(minimum = 1, maximum = 1000000)]
+    burst: Option<f64>,
 }
 
 /// Specs enqueued all or nothing.
@@ -512,6 +550,18 @@ fn retry_job() {}
 )]
 fn list_queues() {}
 
+/// Set or remove a queue's limits (operator tenants only when auth is on).
+#[utoipa::path(patch, path = "/v1/queues/{name}", tag = "queues",
+    params(("name" = String, Path)),
+    request_body(content = QueueLimits, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The queue, with its limits", body = Value),
+        (status = 403, description = "Not an operator tenant", body = Problem, content_type = "application/problem+json"),
+        BodyRefusals, Refusals
+    )
+)]
+fn patch_queue() {}
+
 /// Pause a queue: it keeps accepting jobs, no worker claims from it.
 #[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "queues",
     params(("name" = String, Path)),
@@ -669,6 +719,7 @@ mod tests {
             "/v1/jobs/{id}/retry",
             "/v1/queues",
             "/v1/queues/{name}/pause",
+            "/v1/queues/{name}",
             "/v1/workers",
             "/v1/jobs/{id}/output/{stream}",
             "/v1/schedules",
