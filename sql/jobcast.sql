@@ -1563,3 +1563,11 @@ language sql stable as $$
               from jobcast.queues q where q.name = p_queue)
     end
 $$;
+
+-- The timeline this primary writes on, from the name of its current WAL file: a promoted
+-- standby writes on a new one. Streams read it with every page of events and check their
+-- history when it changes (an asynchronous failover may have lost events they delivered).
+create or replace function jobcast.timeline() returns integer
+language sql stable as $$
+    select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer
+$$;

@@ -64,6 +64,9 @@ struct Inner {
     connected: Arc<AtomicBool>,
     /// Bumped on every event notification and reconnect; the firehose waits on it.
     firehose: watch::Sender<u64>,
+    /// Bumped each time the LISTEN connection is re-established: the server behind it may
+    /// be another one (a promoted standby), whose history streams check theirs against.
+    reconnects: watch::Sender<u64>,
     /// Pages of the whole firehose, read once per process for every firehose follower.
     firehose_pages: broadcast::Sender<Arc<FirehosePage>>,
 }
@@ -121,6 +124,7 @@ impl Hub {
         let shutdown_for_firehose = shutdown.clone();
         let (signals, connected) = listener::spawn(listen_config, &[EVENTS_CHANNEL], shutdown);
         let (firehose, _) = watch::channel(0);
+        let (reconnects, _) = watch::channel(0);
         let (firehose_pages, _) = broadcast::channel(FIREHOSE_CAPACITY);
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -131,6 +135,7 @@ impl Hub {
                 pending_since: Mutex::new(None),
                 connected,
                 firehose,
+                reconnects,
                 firehose_pages,
             }),
         };
@@ -162,6 +167,11 @@ impl Hub {
             job_id,
             hub: self.inner.clone(),
         }
+    }
+
+    /// A receiver that changes each time the LISTEN connection came back (see `reconnects`).
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.inner.reconnects.subscribe()
     }
 
     /// A receiver that changes whenever events may have been committed.
@@ -279,6 +289,9 @@ impl Hub {
                 Signal::Connected { reconnected } => {
                     if reconnected {
                         METRICS.listener_reconnects.inc();
+                        self.inner
+                            .reconnects
+                            .send_modify(|n| *n = n.wrapping_add(1));
                         self.resync_all();
                     }
                 }

@@ -36,6 +36,9 @@ pub struct Frame {
     /// The job's tags, sorted (parsed once per frame read, shared by every follower that
     /// filters on them).
     pub tags: Option<std::sync::Arc<Vec<(String, String)>>>,
+    /// The database timeline it was read on (0: unknown): a stream whose frames come from
+    /// another timeline than before checks that its history is still the database's.
+    pub timeline: i32,
 }
 
 impl Frame {
@@ -57,6 +60,11 @@ impl Frame {
             kind: None,
             tenant: None,
             tags: parse_tags(row.try_get::<_, Option<String>>("tags")?.as_deref()),
+            timeline: row
+                .try_get::<_, Option<i32>>("timeline")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
         })
     }
 
@@ -118,7 +126,7 @@ pub const PAGE_BYTES: i64 = 1 << 20;
 fn frame_columns(order: &str) -> String {
     format!(
         "e.job_id, e.seq, e.type, d.text as data, e.data->>'at' as at, e.xid::text as xid, \
-         e.id, (e.data->'tags')::text as tags, \
+         e.id, (e.data->'tags')::text as tags, jobcast.timeline() as timeline, \
          sum(octet_length(d.text)) over (order by {order}) - octet_length(d.text) \
          as bytes_before"
     )
@@ -291,4 +299,25 @@ impl Cursor {
             id: i64::MAX,
         }
     }
+}
+
+/// The type and `at` of one event of a job, if it exists: what a stream checks its last
+/// written event against after the database behind it may have changed (a failover).
+pub async fn event_identity(
+    client: &impl GenericClient,
+    job_id: JobId,
+    seq: i32,
+) -> Result<Option<(String, Option<DateTime<Utc>>)>> {
+    let statement = "select type, data->>'at' from jobcast.events where job_id = $1 and seq = $2";
+    let row = super::query_opt(client, statement, &[&job_id.0, &seq]).await?;
+    Ok(match row {
+        None => None,
+        Some(row) => {
+            let at: Option<String> = row.try_get(1)?;
+            Some((
+                row.try_get(0)?,
+                at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())),
+            ))
+        }
+    })
 }

@@ -63,6 +63,21 @@ where
         .map_into_boxed_body()
 }
 
+/// The stream's end when the database's history is no longer the one it was reading (an
+/// asynchronous failover lost events the client saw): an `event: reset` whose `id` sends
+/// EventSource's reconnection back to the start (a job stream) or to "now" (the firehose),
+/// so it reads the new history instead of silently mixing two. client.js and the Python
+/// client drop what they hold on `reset`.
+fn reset_event(id: String, last_event_id: String) -> sse::Event {
+    let data = serde_json::json!({
+        "type": "reset",
+        "reason": "the database's history changed under this stream (a failover lost events \
+                   it had delivered): start again from the id of this event",
+        "last_event_id": last_event_id,
+    });
+    sse::Event::Data(sse::Data::new(data.to_string()).id(id).event("reset"))
+}
+
 fn render(frame: &Frame, id: String) -> sse::Event {
     METRICS.events_delivered.inc();
     // Live frames only: a replayed event's age says nothing about delivery.
@@ -120,6 +135,10 @@ pub async fn job_events(
     let follower = JobFollower {
         job_id: id,
         last_seq: resume,
+        last_written: None,
+        reconnects: state.hub.reconnects(),
+        check_history: false,
+        timeline: 0,
         backlog: VecDeque::new(),
         read_table: true,
         done: false,
@@ -139,6 +158,14 @@ struct JobFollower {
     job_id: JobId,
     /// The last seq written to this client (or its resume point).
     last_seq: i32,
+    /// The type and `at` of the last event written (None: only a resume point is known).
+    last_written: Option<(ByteString, Option<chrono::DateTime<chrono::Utc>>)>,
+    /// Changes when the LISTEN connection came back: the history is checked then.
+    reconnects: tokio::sync::watch::Receiver<u64>,
+    /// The history must be checked before anything else is written.
+    check_history: bool,
+    /// The database timeline the events written so far were read on.
+    timeline: i32,
     backlog: VecDeque<Frame>,
     read_table: bool,
     done: bool,
@@ -151,11 +178,44 @@ struct JobFollower {
 impl JobFollower {
     async fn next(&mut self) -> Option<sse::Event> {
         loop {
+            if self.check_history && !self.done {
+                match db::deadline(self.history_is_ours()).await {
+                    Ok(true) => {
+                        self.check_history = false;
+                        // The frames waiting were read on the history just checked.
+                        if let Some(frame) = self.backlog.front() {
+                            self.timeline = frame.timeline;
+                        }
+                    }
+                    Ok(false) => {
+                        self.done = true;
+                        self.backlog.clear();
+                        return Some(reset_event("0".into(), self.last_seq.to_string()));
+                    }
+                    // Not reachable yet: the next round checks again.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            if let Some(frame) = self.backlog.front() {
+                if frame.timeline != self.timeline && frame.timeline != 0 {
+                    // Read on another timeline (a promoted standby): before anything of it
+                    // is written, the last event written must still be the database's.
+                    if self.timeline != 0 && self.last_seq > 0 && !self.check_history {
+                        self.check_history = true;
+                        continue;
+                    }
+                    self.timeline = frame.timeline;
+                }
+            }
             if let Some(frame) = self.backlog.pop_front() {
                 if frame.seq <= self.last_seq {
                     continue;
                 }
                 self.last_seq = frame.seq;
+                self.last_written = Some((frame.event_type.clone(), frame.at));
                 // A retried job's replay goes on past its old terminal event.
                 self.done = frame.is_terminal() && self.backlog.is_empty();
                 return Some(render(&frame, frame.seq.to_string()));
@@ -171,6 +231,12 @@ impl JobFollower {
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(IDLE_RECHECK) => self.read_table = true,
+                changed = self.reconnects.changed() => {
+                    if changed.is_ok() {
+                        self.check_history = true;
+                    }
+                    self.read_table = true;
+                }
                 message = self.subscription.recv() => match message {
                     Ok(HubMessage::Frame(frame)) if frame.seq <= self.last_seq => {}
                     Ok(HubMessage::Frame(frame)) if frame.seq == self.last_seq + 1 => {
@@ -182,6 +248,26 @@ impl JobFollower {
                 },
             }
         }
+    }
+
+    /// After the LISTEN connection came back (perhaps to a promoted standby that never got
+    /// the last events of the old primary): is the last event this client has still the
+    /// database's event of that seq? An asynchronous failover can lose events this client
+    /// saw and then number new ones the same: the stream must not go on silently.
+    async fn history_is_ours(&self) -> Result<bool, db::Error> {
+        if self.last_seq == 0 {
+            return Ok(true);
+        }
+        let client = self.state.pool.get().await?;
+        let found = events::event_identity(&client, self.job_id, self.last_seq).await?;
+        Ok(match (&self.last_written, found) {
+            (_, None) => false,
+            (Some((event_type, at)), Some((found_type, found_at))) => {
+                event_type.as_ref() == found_type && *at == found_at
+            }
+            // Only a resume point: that seq still exists.
+            (None, Some(_)) => true,
+        })
     }
 
     async fn read_from_table(&mut self) -> Result<(), db::Error> {
@@ -245,6 +331,11 @@ pub async fn all_events(
         tenant: caller.tenant().to_owned(),
         tags,
         output,
+        last_written: None,
+        reconnects: state.hub.reconnects(),
+        check_history: false,
+        ended: false,
+        timeline: 0,
         backlog: VecDeque::new(),
         read_table: true,
         pages,
@@ -297,6 +388,13 @@ struct FirehoseFollower {
     tags: Vec<(String, String)>,
     /// Whether `output` events are wanted (`?output=1`).
     output: bool,
+    /// (job, seq, at) of the last event written, checked when the LISTEN connection is back.
+    last_written: Option<(i64, i32, Option<chrono::DateTime<chrono::Utc>>)>,
+    reconnects: tokio::sync::watch::Receiver<u64>,
+    check_history: bool,
+    ended: bool,
+    /// The database timeline the events written so far were read on.
+    timeline: i32,
     queue: Option<String>,
     kind: Option<String>,
     backlog: VecDeque<Frame>,
@@ -321,7 +419,38 @@ impl FirehoseFollower {
 
     async fn next(&mut self) -> Option<sse::Event> {
         loop {
+            if self.ended {
+                return None;
+            }
+            if self.check_history {
+                match db::deadline(self.history_is_ours()).await {
+                    Ok(None) => {
+                        self.check_history = false;
+                        if let Some(frame) = self.backlog.front() {
+                            self.timeline = frame.timeline;
+                        }
+                    }
+                    Ok(Some(now)) => {
+                        self.ended = true;
+                        return Some(reset_event(now.to_string(), self.cursor.to_string()));
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            if let Some(frame) = self.backlog.front() {
+                if frame.timeline != self.timeline && frame.timeline != 0 {
+                    if self.timeline != 0 && self.last_written.is_some() && !self.check_history {
+                        self.check_history = true;
+                        continue;
+                    }
+                    self.timeline = frame.timeline;
+                }
+            }
             if let Some(frame) = self.backlog.pop_front() {
+                self.last_written = Some((frame.job_id, frame.seq, frame.at));
                 return Some(render(&frame, frame.cursor.to_string()));
             }
             if self.read_table {
@@ -330,6 +459,11 @@ impl FirehoseFollower {
             }
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return None,
+                changed = self.reconnects.changed() => {
+                    if changed.is_ok() {
+                        self.check_history = true;
+                    }
+                }
                 page = self.pages.recv() => match page {
                     Ok(page) if page.to <= self.cursor => {}
                     Ok(page) if page.from <= self.cursor => {
@@ -346,6 +480,22 @@ impl FirehoseFollower {
                 },
             }
         }
+    }
+
+    /// See [`JobFollower::history_is_ours`]: `None` when the last event written is still
+    /// the database's, else the firehose position of "now" on the new history.
+    async fn history_is_ours(&self) -> Result<Option<Cursor>, db::Error> {
+        let client = self.state.pool.get().await?;
+        let ours = match &self.last_written {
+            None => self.cursor.xid < events::next_xid(&client).await?,
+            Some((job_id, seq, at)) => events::event_identity(&client, JobId(*job_id), *seq)
+                .await?
+                .is_some_and(|(_, found_at)| found_at == *at),
+        };
+        if ours {
+            return Ok(None);
+        }
+        Ok(Some(events::firehose_now(&client).await?))
     }
 
     async fn read_from_table(&mut self) -> Result<(), db::Error> {

@@ -13,6 +13,7 @@ mod console;
 mod dev;
 mod docs;
 mod exec;
+mod failover;
 mod firehose;
 mod flow;
 mod hardening;
