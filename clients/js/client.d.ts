@@ -26,6 +26,13 @@ export interface StreamOptions {
   onEvent?(event: JobEvent): void;
   /** A connection attempt failed; see `retrying`. */
   onError?(error: FollowError): void;
+  /**
+   * The server's database is no longer the history this stream was reading (an
+   * asynchronous failover lost events already delivered): what was shown is stale. The
+   * client drops its text (and `followTag` its jobs, listed again) and goes on from the
+   * reset's id: a job stream replays from the start, a tag stream from now.
+   */
+  onReset?(event: JobEvent): void;
   /** The server's URL, outside a page served by jobcast (Node: required). */
   base?: string;
   /** Resume after this event id (`follow`: a job's seq; `followTag`: the firehose's opaque cursor). */

@@ -15,7 +15,10 @@
 // treat a late joiner exactly like anyone else (the server replays what it missed).
 
 const TERMINAL = ['succeeded', 'failed', 'cancelled'];
-const TYPES = ['queued', 'started', 'progress', 'output', 'retrying', 'retried', ...TERMINAL];
+// `reset`: the server's database is no longer the history this stream was reading (an
+// asynchronous failover lost events already delivered); its id restarts the stream (0 for a
+// job: replayed from the start) and everything held is dropped.
+const TYPES = ['queued', 'started', 'progress', 'output', 'retrying', 'retried', 'reset', ...TERMINAL];
 const FIRST_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 30000;
 // After a terminal event the server ends the response; a retried job's replay goes on
@@ -43,6 +46,7 @@ export function follow(target, options = {}) {
   const onDone = (status, event) => output.settled().then(() => !handle.stopped && o.onDone && o.onDone(status, event));
   const handle = connect(url, { ...o, onDone }, (event, closed) => {
     output.feed(event);
+    if (event.type === 'reset') return o.onReset && !closed() && o.onReset(event);
     if (o.onEvent && !closed()) o.onEvent(event);
     if (event.type === 'progress' && o.onProgress && !closed()) o.onProgress(event.data.progress, event.data.message, event);
   }, (event) => TERMINAL.includes(event.type), null, output.stop);
@@ -103,6 +107,15 @@ export function followTag(tags, options = {}) {
 
   const handle = connect(url, o, (event, closed) => {
     const d = event.data;
+    if (event.type === 'reset') {
+      // Another history: forget every job and list them again as they now are.
+      jobs.clear();
+      outputs.clear();
+      listed = false;
+      if (o.onReset && !closed()) o.onReset(event);
+      list();
+      return;
+    }
     const job = jobOf(d.job_id);
     if (d.seq <= job.last_event_id) return;
     outputs.get(d.job_id).feed(event);
@@ -141,6 +154,13 @@ function texts(o, where, emit) {
 
   function feed(event) {
     const d = event.data || {};
+    if (event.type === 'reset') {
+      attempt = undefined;
+      text = {};
+      held = {};
+      waiting = {};
+      return;
+    }
     if (event.type === 'started' || d.attempt !== attempt) {
       attempt = d.attempt;
       text = {};

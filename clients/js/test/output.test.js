@@ -298,3 +298,32 @@ test('followTag lists again after a reconnect that had no cursor yet (the new st
   const kinds = server.requests.map((r) => (r.url.startsWith('/v1/jobs?') ? 'list' : r.lastEventId ? `stream after ${r.lastEventId}` : 'stream'));
   assert.deepEqual(kinds, ['stream', 'list', 'stream', 'list', 'stream after k1']);
 });
+
+test('a reset drops the text and the stream starts again from the reset id (the new history)', async () => {
+  const server = await scripted((req, res, n) => {
+    if (n === 1) {
+      // The history this client read, then the server's reset (an asynchronous failover).
+      return sse(
+        res,
+        frame(1, 'started', { job_id: '7', seq: 1, status: 'running', attempt: 1 }) +
+          output(2, 1, 0, 'old text ') +
+          `id: 0\nevent: reset\ndata: ${JSON.stringify({ type: 'reset', last_event_id: '2' })}\n\n`,
+      );
+    }
+    // The new history, from the start.
+    sse(
+      res,
+      frame(1, 'started', { job_id: '7', seq: 1, status: 'running', attempt: 1 }) +
+        output(2, 1, 0, 'new ') +
+        output(3, 1, 4, 'text') +
+        frame(4, 'succeeded', { job_id: '7', seq: 4, status: 'succeeded', attempt: 1, result: {} }),
+    );
+  });
+  const resets = [];
+  const { following, status } = await followed(server.url, { transport: 'fetch', onReset: (e) => resets.push(e) });
+  server.close();
+  assert.equal(status, 'succeeded');
+  assert.equal(resets.length, 1);
+  assert.equal(following.text(), 'new text');
+  assert.equal(server.requests[1].lastEventId, '0', 'reconnected from the reset id');
+});
