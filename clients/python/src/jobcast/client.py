@@ -393,7 +393,10 @@ class Client:
         missed or repeated; ``give_up_after`` seconds of failing reconnections raise
         TransportError (default: keep trying, as EventSource does). Stops quietly at a 204
         (nothing more will come). An unknown job raises APIError 404. Output text arrives
-        as ``output`` events (``event.stream``, ``event.text``).
+        as ``output`` events (``event.stream``, ``event.text``). A ``reset`` event means the
+        server's database is no longer the history read so far (an asynchronous failover
+        lost events already delivered): drop what you built from it; the events that follow
+        are the job's history again from its first event.
         """
         state = _sse.Follow(f"/v1/jobs/{_segment(job_id)}/events", [], last_event_id,
                             give_up_after, firehose=False)
