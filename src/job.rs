@@ -239,7 +239,7 @@ pub fn parse_tags(
         _ => return Err(SpecError::kind(field, "expected an object of string pairs")),
     };
     if object.len() > MAX_TAGS {
-        return Err(SpecError::rule(field, &format!("at most {MAX_TAGS} tags")));
+        return Err(SpecError::rule(field, format!("at most {MAX_TAGS} tags")));
     }
     let mut tags = std::collections::BTreeMap::new();
     for (key, value) in object {

@@ -99,6 +99,10 @@ impl Plan {
                 DateTime::from_timestamp_millis(next)
             }
             Timing::Cron(cron) => {
+                // Slots fall on whole seconds: croner keeps the fraction of its start.
+                let after =
+                    chrono::DurationRound::duration_trunc(after, chrono::TimeDelta::seconds(1))
+                        .unwrap_or(after);
                 let start = after.with_timezone(&self.zone);
                 let floor: NaiveDateTime = start.naive_local();
                 let mut cursor = start;
@@ -166,7 +170,7 @@ fn parse_cron(pattern: &str) -> Result<Cron, SpecError> {
         .year(Year::Disallowed)
         .build()
         .parse(pattern)
-        .map_err(|e| SpecError::rule("cron", &format!("not a cron pattern: {e}")))
+        .map_err(|e| SpecError::rule("cron", format!("not a cron pattern: {e}")))
 }
 
 /// `30s`, `5m`, `1h30m`, `1d`: at least one second, at most 366 days.
@@ -272,7 +276,7 @@ impl ScheduleSpec {
             } else {
                 Err(SpecError::rule(
                     field,
-                    &format!("must be one of {}", allowed.join(", ")),
+                    format!("must be one of {}", allowed.join(", ")),
                 ))
             }
         };
@@ -378,7 +382,7 @@ fn format_every(secs: f64) -> String {
     if secs.fract() == 0.0 {
         let secs = secs as u64;
         for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-            if secs % size == 0 {
+            if secs.is_multiple_of(size) {
                 return format!("{}{unit}", secs / size);
             }
         }
@@ -538,6 +542,17 @@ mod tests {
         assert!(Plan::parse(None, Some("1h30m"), "UTC").is_ok());
         assert!(Plan::parse(None, Some("0s"), "UTC").is_err());
         assert!(Plan::parse(None, None, "UTC").is_err());
+    }
+
+    #[test]
+    fn cron_slots_fall_on_whole_seconds() {
+        let plan = Plan::parse(Some("*/5 * * * * *"), None, "UTC").unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).unwrap()
+            + chrono::Duration::milliseconds(952);
+        assert_eq!(
+            plan.next_after(at),
+            Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap())
+        );
     }
 
     #[test]

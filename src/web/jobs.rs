@@ -301,7 +301,13 @@ pub async fn wait_for_terminal(
             let heard = tokio::select! {
                 heard = subscription.recv() => heard,
                 _ = tokio::time::sleep_until(deadline) => break,
-                _ = state.shutdown.cancelled() => break,
+                // Stopping: answer now with the job as it is.
+                _ = state.shutdown.cancelled() => {
+                    let client = state.pool.get().await?;
+                    return db::jobs::get_job(&client, id, tenant)
+                        .await?
+                        .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")));
+                }
             };
             match heard {
                 Ok(crate::hub::HubMessage::Frame(frame)) if !frame.is_terminal() => continue,

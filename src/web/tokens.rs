@@ -56,6 +56,11 @@ pub async fn create_token(
         }
     };
     if let Some(tags) = object.get("tags") {
+        for field in ["queue", "kind"] {
+            if object.contains_key(field) {
+                return Err(ApiError::invalid(field, "applies to firehose tokens only"));
+            }
+        }
         if object.contains_key("jobs") || object.contains_key("firehose") {
             return Err(ApiError::invalid(
                 "tags",

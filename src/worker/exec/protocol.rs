@@ -172,8 +172,8 @@ mod tests {
             Message::Error(_, true)
         ));
         assert!(matches!(message(br#"{"other": 1}"#), Message::Other));
-        assert!(matches!(message(b"[1, 2]"), Message::Other));
-        assert!(matches!(message(b"hello"), Message::Other));
+        assert!(matches!(message(b"[1, 2]"), Message::Plain));
+        assert!(matches!(message(b"hello"), Message::Plain));
         assert!(
             matches!(message(br#"{"progress": 1, "message": "a\u0000b"}"#), Message::Event(e) if e["message"] == "a\u{fffd}b")
         );
