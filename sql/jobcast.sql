@@ -18,20 +18,33 @@ language sql stable as $$
     select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
 $$;
 
--- The `data` object of an event, as SSE clients receive it. Volatile like clock_timestamp(),
+-- The `data` object of an event, as SSE clients receive it, with the job's tags (callers
+-- pass them from the row they hold: no lookup per event). Volatile like clock_timestamp(),
 -- which keeps it inlinable (see rfc3339).
 create or replace function jobcast.event_data(
     p_job_id bigint, p_kind text, p_queue text, p_status jobcast.job_status,
-    p_attempt integer, p_seq integer, p_type text, p_extra jsonb
+    p_attempt integer, p_seq integer, p_type text, p_extra jsonb, p_tags jsonb
 ) returns jsonb
 language sql volatile as $$
     select jsonb_build_object(
         'job_id', p_job_id::text, 'seq', p_seq, 'type', p_type,
         'at', jobcast.rfc3339(clock_timestamp()), 'status', p_status,
         'attempt', p_attempt, 'kind', p_kind, 'queue', p_queue
-    ) || coalesce((select jsonb_build_object('tags', j.tags) from jobcast.jobs j
-                    where j.id = p_job_id and j.tags is not null), '{}'::jsonb)
+    ) || case when p_tags is null then '{}'::jsonb else jsonb_build_object('tags', p_tags) end
       || coalesce(p_extra, '{}'::jsonb)
+$$;
+
+-- The form without tags, kept for the function bodies of an older release still running
+-- during a rolling upgrade (and for SQL written against it): it looks the tags up. Not an
+-- ambiguous overload: the form above has no default.
+create or replace function jobcast.event_data(
+    p_job_id bigint, p_kind text, p_queue text, p_status jobcast.job_status,
+    p_attempt integer, p_seq integer, p_type text, p_extra jsonb
+) returns jsonb
+language sql volatile as $$
+    select jobcast.event_data(p_job_id, p_kind, p_queue, p_status, p_attempt, p_seq, p_type,
+                              p_extra,
+                              (select j.tags from jobcast.jobs j where j.id = p_job_id))
 $$;
 
 -- One NOTIFY per statement that inserts events: "job_id:first_seq:last_seq,...".
@@ -150,11 +163,8 @@ begin
         insert into jobcast.events (job_id, seq, type, data)
         select i.id, 1, 'queued',
                jobcast.event_data(i.id, i.kind, i.queue, i.status, i.attempt, 1, 'queued',
-                                  jsonb_build_object('run_at', jobcast.rfc3339(i.run_at))
-                                  -- The row is not visible to event_data's own lookup yet.
-                                  || case when i.tags is not null
-                                          then jsonb_build_object('tags', i.tags)
-                                          else '{}'::jsonb end)
+                                  jsonb_build_object('run_at', jobcast.rfc3339(i.run_at)),
+                                  i.tags)
           from inserted i
     ), listed as (
         insert into jobcast.queued (id, queue, kind, priority, run_at)
@@ -359,7 +369,7 @@ begin
         insert into jobcast.events (job_id, seq, type, data)
         select c.id, c.last_seq, 'started',
                jobcast.event_data(c.id, c.kind, c.queue, c.status, c.attempt, c.last_seq,
-                                  'started', null)
+                                  'started', null, c.tags)
           from claimed c
     )
     select * from claimed c order by c.priority desc, c.run_at, c.id;
@@ -429,10 +439,10 @@ begin
           left join input l on l.ord = p.last_progress
          where j.id = h.id and j.attempt = h.attempt and j.worker = p_worker
            and j.status = 'running'
-        returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq - p.n as base
+        returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq - p.n as base, j.tags
     ), numbered as (
         select i.ord, i.job_id, i.type, i.progress, i.message, i.data, i.stream,
-               i.output_offset, i.text, u.kind, u.queue, u.status, u.attempt,
+               i.output_offset, i.text, u.kind, u.queue, u.status, u.attempt, u.tags,
                u.base + (row_number() over (partition by i.job_id order by i.ord))::integer as seq
           from input i
           join updated u on u.id = i.job_id and u.attempt = i.attempt
@@ -448,7 +458,8 @@ begin
                                                 'text', coalesce(n.text, ''))
                         else '{}'::jsonb end
                    || case when n.data is not null and n.data <> 'null'::jsonb
-                           then jsonb_build_object('data', n.data) else '{}'::jsonb end)
+                           then jsonb_build_object('data', n.data) else '{}'::jsonb end,
+                   n.tags)
           from numbered n
          order by n.ord
     )
@@ -491,12 +502,12 @@ begin
           from ended e
          where j.id = e.id and j.status = 'running' and j.attempt = e.attempt
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.result, j.tenant,
-                  j.concurrency_key
+                  j.concurrency_key, j.tags
     ), events as (
         insert into jobcast.events (job_id, seq, type, data)
         select d.id, d.last_seq, 'succeeded',
                jobcast.event_data(d.id, d.kind, d.queue, d.status, d.attempt, d.last_seq,
-                                  'succeeded', jsonb_build_object('result', d.result))
+                                  'succeeded', jsonb_build_object('result', d.result), d.tags)
           from done d
     ), counted as (
         select jobcast.count_finished(g.queue, 'succeeded', g.n)
@@ -567,7 +578,7 @@ begin
                 jsonb_build_object('error', p_error) ||
                 case when event_type = 'retrying'
                      then jsonb_build_object('run_at', jobcast.rfc3339(j.run_at))
-                     else '{}'::jsonb end));
+                     else '{}'::jsonb end, j.tags));
     return next j;
 end
 $$;
@@ -608,7 +619,7 @@ begin
           from ended i
          where j.id = i.id and j.status = 'running' and j.attempt = i.attempt
         returning j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, j.error, j.priority,
-                  j.run_at, j.tenant, j.concurrency_key
+                  j.run_at, j.tenant, j.concurrency_key, j.tags
     ), relisted as (
         insert into jobcast.queued (id, queue, kind, priority, run_at)
         select f.id, f.queue, f.kind, f.priority, f.run_at from failed f
@@ -622,7 +633,7 @@ begin
                    jsonb_build_object('error', f.error) ||
                    case when f.status = 'queued'
                         then jsonb_build_object('run_at', jobcast.rfc3339(f.run_at))
-                        else '{}'::jsonb end)
+                        else '{}'::jsonb end, f.tags)
           from failed f
     ), wake as (
         select pg_notify('jobcast_jobs', q)
@@ -829,7 +840,7 @@ begin
     insert into jobcast.events (job_id, seq, type, data)
     values (j.id, j.last_seq, 'cancelled',
             jobcast.event_data(j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq,
-                               'cancelled', null));
+                               'cancelled', null, j.tags));
     perform jobcast.count_finished(j.queue, 'cancelled', 1);
     if was_running then
         perform pg_notify('jobcast_cancel', j.id::text);
@@ -890,7 +901,8 @@ language sql as $$
         select r.id, r.last_seq, 'queued',
                jobcast.event_data(r.id, r.kind, r.queue, r.status, r.attempt, r.last_seq,
                    'queued', jsonb_build_object('run_at', jobcast.rfc3339(r.run_at),
-                                                'message', 'released by a stopping worker'))
+                                                'message', 'released by a stopping worker'),
+                   r.tags)
           from released r
     ), wake as (
         select pg_notify('jobcast_jobs', q) from (select distinct queue as q from released) d
@@ -1123,7 +1135,7 @@ begin
     values (j.id, j.last_seq, 'retried',
             jobcast.event_data(j.id, j.kind, j.queue, j.status, j.attempt, j.last_seq, 'retried',
                 jsonb_build_object('run_at', jobcast.rfc3339(j.run_at),
-                                   'max_attempts', j.max_attempts)));
+                                   'max_attempts', j.max_attempts), j.tags));
     perform pg_notify('jobcast_jobs', j.queue);
     return next j;
 end
