@@ -10,12 +10,40 @@ use super::WebState;
 use crate::job::Status;
 use crate::metrics::METRICS;
 
+/// How long the database part of a scrape is reused: `/metrics` needs no key, and without
+/// this every scrape (anyone's, as often as they like) counted the claim list.
+const DATABASE_PART_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The database part of the last scrape, and when it was read.
+static DATABASE_PART: tokio::sync::Mutex<Option<(std::time::Instant, String)>> =
+    tokio::sync::Mutex::const_new(None);
+
 pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError> {
     let mut text = Vec::new();
     TextEncoder::new()
         .encode(&METRICS.registry.gather(), &mut text)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut text = String::from_utf8(text).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // One database read per interval, whatever the scrape rate (concurrent scrapes wait for
+    // the one read in progress).
+    let mut cached = DATABASE_PART.lock().await;
+    match cached.as_ref() {
+        Some((at, part)) if at.elapsed() < DATABASE_PART_TTL => text.push_str(part),
+        _ => {
+            let part = database_part(&state).await?;
+            text.push_str(&part);
+            *cached = Some((std::time::Instant::now(), part));
+        }
+    }
+    drop(cached);
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
+/// The gauges and cluster-wide counters read from the database.
+async fn database_part(state: &WebState) -> Result<String, ApiError> {
+    let mut text = String::new();
     let client = state.pool.get().await?;
 
     let rows = crate::db::query(
@@ -101,9 +129,7 @@ pub async fn render(state: web::Data<WebState>) -> Result<HttpResponse, ApiError
         );
     }
     super::queues::render_kinds_without_worker(&client, &mut text).await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(text))
+    Ok(text)
 }
 
 /// The `queue` label of each queue: its own name for the `max` queues with the most jobs,

@@ -552,3 +552,37 @@ async fn five_hundred_slow_heads_do_not_slow_normal_requests() {
     }
     assert_eq!(cut, 500, "every slow head was answered or closed");
 }
+
+/// `/metrics` needs no key: scraping it as fast as one likes reads the database once per
+/// interval, not once per scrape (issue 22: every scrape counted the claim list).
+#[tokio::test]
+async fn metrics_scrapes_read_the_database_once_per_interval() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let client = db.client().await;
+    let commits = || async {
+        // Each backend reports its counts at most once a second.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let n: i64 = client
+            .query_one(
+                "select xact_commit from pg_stat_database where datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let _ = metrics(serve.url()).await;
+    let before = commits().await;
+    for _ in 0..200 {
+        let text = metrics(serve.url()).await;
+        assert!(text.contains("jobcast_jobs"), "{text}");
+    }
+    let after = commits().await;
+    assert!(
+        after - before < 60,
+        "200 scrapes cost {} transactions (4 each without the cache)",
+        after - before
+    );
+}
