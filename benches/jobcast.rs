@@ -16,8 +16,12 @@ use serde_json::json;
 mod clients;
 #[path = "jobcast/fanout.rs"]
 mod fanout;
+#[path = "jobcast/keys.rs"]
+mod keys;
 #[path = "jobcast/latency.rs"]
 mod latency;
+#[path = "jobcast/output.rs"]
+mod output;
 #[path = "jobcast/pickup.rs"]
 mod pickup;
 #[path = "jobcast/progress.rs"]
@@ -32,24 +36,30 @@ mod setup;
 mod sse;
 #[path = "jobcast/throughput.rs"]
 mod throughput;
+#[path = "jobcast/wait.rs"]
+mod wait;
 
 use report::Report;
 use setup::Bench;
 
 /// In run order: `raw` first, so that the others can be quoted against it.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 9] = [
     "raw",
     "throughput",
     "progress",
     "pickup",
     "event-latency",
     "fanout",
+    "output",
+    "wait",
+    "keys",
 ];
 /// A scenario still running after this long is abandoned (each is built to take far less).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(170);
 
 const USAGE: &str = "usage: cargo bench --bench jobcast -- [--runs N] [--quick] [scenario...]
 scenarios (default: all, in this order): raw throughput progress pickup event-latency fanout
+  output wait keys
   --runs N   runs per median (default 3)
   --quick    a tenth of the work and one run: a smoke test, not a measurement
 DATABASE_URL must point at a PostgreSQL superuser connection (scripts/bench sets it).";
@@ -198,6 +208,9 @@ async fn run_one(scenario: &str, bench: &mut Bench) -> Result<Report> {
         "pickup" => pickup::run(bench).await,
         "event-latency" => latency::run(bench).await,
         "fanout" => fanout::run(bench).await,
+        "output" => output::run(bench).await,
+        "wait" => wait::run(bench).await,
+        "keys" => keys::run(bench).await,
         other => bail!("unknown scenario {other}"),
     }
 }

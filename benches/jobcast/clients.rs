@@ -3,6 +3,10 @@
 //! a source address of its own in 127.0.0.0/8) and the parent's own work does not delay
 //! them. One line each way on stdin/stdout: the parent sends the config as JSON, then `open N`
 //! or `stop`; the child answers `ready {..}`, `done`, `opened {..}` and `result {..}`.
+//! Stream mode can also check `output` events (text assembled by offset, compared with what
+//! `demo.tokens` appends) and time every token; wait mode holds `GET /v1/jobs/ID?wait=`
+//! requests and times their answers.
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +36,24 @@ pub enum Mode {
     Stream,
     /// Open streams on `open N` and hold them without reading.
     Idle,
+    /// One `GET` per path (e.g. `/v1/jobs/ID?wait=60`), each on its own connection: `ready`
+    /// once every request is written, then each answer timed against the job's `finished_at`.
+    Wait,
+}
+
+/// What `demo.tokens` jobs append: the stream `output` of each followed job must read
+/// exactly `"tok1 tok2 … tokN "`, and every token is timed from its scheduled append (the
+/// job's `started` event `at` + (n - 1) × `token_ms`) to its arrival.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct OutputCheck {
+    pub tokens: usize,
+    pub token_ms: u64,
+}
+
+impl OutputCheck {
+    pub fn expected(&self) -> String {
+        (1..=self.tokens).map(|n| format!("tok{n} ")).collect()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -48,6 +70,9 @@ pub struct ClientConfig {
     pub end_on_terminal: bool,
     /// Streams being opened at once per process.
     pub open_parallel: usize,
+    /// Check and time `output` events (stream mode).
+    #[serde(default)]
+    pub output: Option<OutputCheck>,
 }
 
 /// What the streams of one or more processes saw.
@@ -65,6 +90,38 @@ pub struct StreamStats {
     pub latency_us: Vec<i64>,
     pub first_arrival_us: Option<i64>,
     pub last_arrival_us: Option<i64>,
+    /// `output` events received, and the tokens and bytes of text they carried.
+    #[serde(default)]
+    pub output_events: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub output_bytes: u64,
+    /// Streams whose terminal event came with the text exactly as expected, or not.
+    #[serde(default)]
+    pub texts_exact: usize,
+    #[serde(default)]
+    pub texts_wrong: usize,
+    #[serde(default)]
+    pub first_text_error: Option<String>,
+    /// Arrival minus the `output` event's `at` (its insert, in the writer's commit), in µs.
+    #[serde(default)]
+    pub output_latency_us: Vec<i64>,
+    /// Arrival minus each token's scheduled append time, in µs.
+    #[serde(default)]
+    pub token_latency_us: Vec<i64>,
+    /// Tokens arrived per 100 ms (key: arrival in µs / 100,000).
+    #[serde(default)]
+    pub token_arrivals: BTreeMap<i64, u64>,
+    #[serde(default)]
+    pub output_first_arrival_us: Option<i64>,
+    #[serde(default)]
+    pub output_last_arrival_us: Option<i64>,
+    /// Wait mode: answers with a terminal job, and answers with a job still not terminal.
+    #[serde(default)]
+    pub answered_terminal: usize,
+    #[serde(default)]
+    pub answered_not_terminal: usize,
 }
 
 impl StreamStats {
@@ -85,10 +142,57 @@ impl StreamStats {
         self.ended_early += other.ended_early;
         self.latency_us.extend(other.latency_us);
         self.first_arrival_us = min_some(self.first_arrival_us, other.first_arrival_us);
-        self.last_arrival_us = match (self.last_arrival_us, other.last_arrival_us) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        self.last_arrival_us = max_some(self.last_arrival_us, other.last_arrival_us);
+        self.output_events += other.output_events;
+        self.output_tokens += other.output_tokens;
+        self.output_bytes += other.output_bytes;
+        self.texts_exact += other.texts_exact;
+        self.texts_wrong += other.texts_wrong;
+        if self.first_text_error.is_none() {
+            self.first_text_error = other.first_text_error;
+        }
+        self.output_latency_us.extend(other.output_latency_us);
+        self.token_latency_us.extend(other.token_latency_us);
+        for (bucket, tokens) in other.token_arrivals {
+            *self.token_arrivals.entry(bucket).or_default() += tokens;
+        }
+        self.output_first_arrival_us =
+            min_some(self.output_first_arrival_us, other.output_first_arrival_us);
+        self.output_last_arrival_us =
+            max_some(self.output_last_arrival_us, other.output_last_arrival_us);
+        self.answered_terminal += other.answered_terminal;
+        self.answered_not_terminal += other.answered_not_terminal;
+    }
+
+    /// Tokens received per second, first to last `output` arrival.
+    pub fn token_rate(&self) -> f64 {
+        match (self.output_first_arrival_us, self.output_last_arrival_us) {
+            (Some(first), Some(last)) if last > first => {
+                self.output_tokens as f64 / ((last - first) as f64 / 1e6)
+            }
+            _ => f64::NAN,
+        }
+    }
+
+    /// The most tokens that arrived within any 1 s (ten consecutive 100 ms buckets).
+    pub fn peak_token_rate(&self) -> f64 {
+        let Some((&first, _)) = self.token_arrivals.first_key_value() else {
+            return f64::NAN;
         };
+        let Some((&last, _)) = self.token_arrivals.last_key_value() else {
+            return f64::NAN;
+        };
+        let counts: Vec<u64> = (first..=last)
+            .map(|b| self.token_arrivals.get(&b).copied().unwrap_or(0))
+            .collect();
+        if counts.len() < 10 {
+            return f64::NAN;
+        }
+        counts
+            .windows(10)
+            .map(|w| w.iter().sum::<u64>())
+            .max()
+            .unwrap_or(0) as f64
     }
 
     /// Latencies in milliseconds.
@@ -107,6 +211,13 @@ impl StreamStats {
             }
             _ => f64::NAN,
         }
+    }
+}
+
+fn max_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -157,7 +268,7 @@ async fn child() -> Result<()> {
         None => None,
     };
     match config.mode {
-        Mode::Stream => stream_child(config, addr, bind, stdin).await,
+        Mode::Stream | Mode::Wait => stream_child(config, addr, bind, stdin).await,
         Mode::Idle => idle_child(config, addr, bind, stdin).await,
     }
 }
@@ -180,6 +291,7 @@ async fn stream_child(
     let stop = CancellationToken::new();
     let opening = Arc::new(Semaphore::new(config.open_parallel.max(1)));
     let mut tasks = JoinSet::new();
+    let expected = config.output.map(|check| Arc::new(check.expected()));
     for path in config.paths {
         let follower = Follower {
             addr,
@@ -190,8 +302,14 @@ async fn stream_child(
             counters: counters.clone(),
             opening: opening.clone(),
             stop: stop.clone(),
+            output: config.output,
+            expected: expected.clone(),
         };
-        tasks.spawn(follower.run());
+        if config.mode == Mode::Wait {
+            tasks.spawn(follower.wait());
+        } else {
+            tasks.spawn(follower.run());
+        }
     }
     let watched = counters.clone();
     let monitor = tokio::spawn(async move {
@@ -236,6 +354,108 @@ struct Follower {
     counters: Arc<Counters>,
     opening: Arc<Semaphore>,
     stop: CancellationToken,
+    output: Option<OutputCheck>,
+    expected: Option<Arc<String>>,
+}
+
+/// The text of one followed job as its `output` events arrive.
+#[derive(Default)]
+struct Texts {
+    /// The `at` of the attempt's `started` event, in µs.
+    started_us: Option<i64>,
+    streams: HashMap<String, String>,
+    /// The first offset that did not continue its stream's text.
+    gap: Option<String>,
+}
+
+impl Texts {
+    fn on_event(
+        &mut self,
+        event: &sse::Event,
+        arrival: i64,
+        check: OutputCheck,
+        stats: &mut StreamStats,
+    ) {
+        match event.event_type.as_str() {
+            "started" => {
+                self.started_us = event.at_micros();
+                self.streams.clear();
+            }
+            "output" => {
+                let data: serde_json::Value = match serde_json::from_str(&event.data) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        self.gap
+                            .get_or_insert(format!("output data is not JSON: {e}"));
+                        return;
+                    }
+                };
+                let stream = data["stream"].as_str().unwrap_or("?").to_owned();
+                let offset = data["offset"].as_u64();
+                let text = data["text"].as_str().unwrap_or("");
+                let so_far = self.streams.entry(stream.clone()).or_default();
+                if offset != Some(so_far.len() as u64) {
+                    self.gap.get_or_insert(format!(
+                        "stream {stream}: offset {offset:?} after {} bytes (event {})",
+                        so_far.len(),
+                        event.id
+                    ));
+                }
+                so_far.push_str(text);
+                stats.output_events += 1;
+                stats.output_bytes += text.len() as u64;
+                if let Some(at) = event.at_micros() {
+                    stats.output_latency_us.push(arrival - at);
+                }
+                let mut tokens = 0;
+                for token in text.split_whitespace() {
+                    tokens += 1;
+                    let n = token
+                        .strip_prefix("tok")
+                        .and_then(|n| n.parse::<i64>().ok());
+                    if let (Some(n), Some(started)) = (n, self.started_us) {
+                        let due = started + (n - 1) * check.token_ms as i64 * 1000;
+                        stats.token_latency_us.push(arrival - due);
+                    }
+                }
+                stats.output_tokens += tokens;
+                *stats.token_arrivals.entry(arrival / 100_000).or_default() += tokens;
+                stats.output_first_arrival_us.get_or_insert(arrival);
+                stats.output_last_arrival_us = Some(arrival);
+            }
+            _ => {}
+        }
+    }
+
+    /// At the terminal event: whether the text is exactly `expected`.
+    fn verdict(&self, expected: &str, path: &str, stats: &mut StreamStats) {
+        let text = self.streams.get("output").map(String::as_str).unwrap_or("");
+        let error = if let Some(gap) = &self.gap {
+            Some(gap.clone())
+        } else if text != expected {
+            let common = text
+                .bytes()
+                .zip(expected.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            Some(format!(
+                "{} bytes, expected {}; first difference at byte {common}",
+                text.len(),
+                expected.len()
+            ))
+        } else {
+            None
+        };
+        match error {
+            None => stats.texts_exact += 1,
+            Some(error) => {
+                stats.texts_wrong += 1;
+                stats
+                    .first_text_error
+                    .get_or_insert(format!("{path}: {error}"));
+            }
+        }
+    }
 }
 
 impl Follower {
@@ -270,6 +490,7 @@ impl Follower {
             }
         };
         stats.connections = 1;
+        let mut texts = Texts::default();
         let mut ready = self.ready_on_headers;
         if ready {
             self.counters.ready.fetch_add(1, Ordering::SeqCst);
@@ -301,11 +522,89 @@ impl Follower {
                 stats.first_arrival_us.get_or_insert(arrival);
                 stats.last_arrival_us = Some(arrival);
             }
+            if let Some(check) = self.output {
+                texts.on_event(&event, arrival, check, stats);
+            }
             if self.end_on_terminal && event.is_terminal() {
                 stats.completed_streams += 1;
+                if let Some(expected) = &self.expected {
+                    texts.verdict(expected, &self.path, stats);
+                }
                 return Ok(());
             }
         }
+    }
+}
+
+impl Follower {
+    /// Wait mode: one request, its answer timed against the job's `finished_at`.
+    async fn wait(self) -> StreamStats {
+        let mut stats = StreamStats::default();
+        if let Err(error) = self.wait_for_answer(&mut stats).await {
+            stats.fail(error);
+        }
+        self.counters.finished.fetch_add(1, Ordering::SeqCst);
+        stats
+    }
+
+    async fn wait_for_answer(&self, stats: &mut StreamStats) -> Result<(), String> {
+        let permit = self.opening.acquire().await.map_err(|e| e.to_string())?;
+        let sent = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            sse::send_get(self.addr, self.bind, &self.path),
+        )
+        .await;
+        drop(permit);
+        let mut stream = match sent {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.counters.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(format!("send {}: {e:#}", self.path));
+            }
+            Err(_) => {
+                self.counters.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(format!(
+                    "send {}: not connected within {OPEN_TIMEOUT:?}",
+                    self.path
+                ));
+            }
+        };
+        stats.connections = 1;
+        self.counters.ready.fetch_add(1, Ordering::SeqCst);
+        let answer = tokio::select! {
+            _ = self.stop.cancelled() => return Ok(()),
+            answer = sse::read_answer(&mut stream) => answer,
+        };
+        let arrival = now_micros();
+        let (status, body) = answer.map_err(|e| format!("answer {}: {e:#}", self.path))?;
+        if status != 200 {
+            return Err(format!(
+                "answer {}: HTTP {status}: {}",
+                self.path,
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ));
+        }
+        let job: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("answer {}: {e}", self.path))?;
+        let terminal = matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        );
+        if !terminal {
+            stats.answered_not_terminal += 1;
+            return Ok(());
+        }
+        stats.answered_terminal += 1;
+        let finished = job["finished_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros());
+        if let Some(finished) = finished {
+            stats.latency_us.push(arrival - finished);
+        }
+        stats.first_arrival_us = min_some(stats.first_arrival_us, Some(arrival));
+        stats.last_arrival_us = max_some(stats.last_arrival_us, Some(arrival));
+        Ok(())
     }
 }
 
@@ -451,6 +750,36 @@ impl ClientGroup {
                 ready_on_headers,
                 end_on_terminal: !ready_on_headers,
                 open_parallel: 32,
+                output: None,
+            };
+            procs.push(ClientProc::spawn(&config).await?);
+        }
+        Ok(ClientGroup { procs })
+    }
+
+    /// `processes` children of `mode`; path i goes to child i mod `processes`, bound to
+    /// 127.0.0.(`first_bind`+k); stream mode ends each stream at its terminal event and
+    /// checks `output` when given.
+    pub async fn spawn(
+        mode: Mode,
+        addr: &str,
+        paths: &[String],
+        processes: usize,
+        first_bind: usize,
+        output: Option<OutputCheck>,
+    ) -> Result<ClientGroup> {
+        let mut procs = Vec::new();
+        for k in 0..processes {
+            let mine: Vec<String> = paths.iter().skip(k).step_by(processes).cloned().collect();
+            let config = ClientConfig {
+                mode,
+                addr: addr.to_owned(),
+                bind: Some(format!("127.0.0.{}", first_bind + k)),
+                paths: mine,
+                ready_on_headers: false,
+                end_on_terminal: true,
+                open_parallel: 64,
+                output,
             };
             procs.push(ClientProc::spawn(&config).await?);
         }

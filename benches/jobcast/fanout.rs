@@ -102,6 +102,7 @@ async fn ramp_idle(bench: &Bench, report: &mut Report) -> Result<()> {
             ready_on_headers: false,
             end_on_terminal: true,
             open_parallel: 32,
+            output: None,
         };
         procs.push(ClientProc::spawn(&config).await?);
     }

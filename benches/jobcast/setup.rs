@@ -370,6 +370,78 @@ impl Proc {
         })
     }
 
+    /// `jobcast work` with the demo handlers and these further arguments.
+    pub async fn work_with(bench: &Bench, db: &Db, args: &[&str]) -> Result<Proc> {
+        let (mut command, log) = Proc::command(bench, "work")?;
+        command.args(["work", "--database-url", &db.url]);
+        command.args(args);
+        let child = command.spawn().context("spawning jobcast work")?;
+        Ok(Proc {
+            child,
+            url: None,
+            log,
+        })
+    }
+
+    /// Enqueues `specs` through `POST /v1/jobs/batch`, 1,000 per request; their ids.
+    pub async fn enqueue_http(&self, specs: &[Value]) -> Result<Vec<String>> {
+        let url = format!(
+            "{}/v1/jobs/batch",
+            self.url.as_deref().context("not serve")?
+        );
+        let http = reqwest::Client::new();
+        let mut ids = Vec::with_capacity(specs.len());
+        for chunk in specs.chunks(1000) {
+            let response = http
+                .post(&url)
+                .json(&json!({ "jobs": chunk }))
+                .send()
+                .await?;
+            let status = response.status();
+            let body: Value = response.json().await?;
+            if status.as_u16() != 202 {
+                bail!("POST /v1/jobs/batch: {status}: {body}");
+            }
+            for job in body["jobs"]
+                .as_array()
+                .context("no jobs in the batch answer")?
+            {
+                ids.push(job["id"].as_str().context("a job without id")?.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// CPU time used so far (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+        let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+        Ok(utime + stime)
+    }
+
+    /// Waits until the process has used at most one clock tick of CPU in each of two
+    /// consecutive 250 ms periods (it has done what it was asked), at most `deadline`;
+    /// whether it went quiet.
+    pub async fn wait_quiet(&self, deadline: Duration) -> Result<bool> {
+        let until = Instant::now() + deadline;
+        let mut last = self.cpu_ticks()?;
+        let mut quiet = 0;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.cpu_ticks()?;
+            quiet = if now - last <= 1 { quiet + 1 } else { 0 };
+            last = now;
+            if quiet >= 2 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The `host:port` that `serve` listens on.
     pub fn addr(&self) -> Result<String> {
         let url = self.url.as_deref().context("not a serve process")?;
@@ -412,6 +484,119 @@ impl Proc {
 
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// CPU time of the whole machine and of every process, at one moment (from /proc).
+pub struct CpuSnapshot {
+    at: Instant,
+    /// (busy, total) clock ticks of all CPUs since boot.
+    machine: (u64, u64),
+    /// pid -> (command name, user + system ticks).
+    processes: std::collections::HashMap<u32, (String, u64)>,
+}
+
+/// Clock ticks per second (USER_HZ: 100 on every Linux this runs on).
+const TICKS_PER_SEC: f64 = 100.0;
+
+impl CpuSnapshot {
+    pub fn take() -> CpuSnapshot {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let machine = stat
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("cpu "))
+            .map(|rest| {
+                let fields: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|f| f.parse().ok())
+                    .collect();
+                let total: u64 = fields.iter().take(8).sum();
+                // idle + iowait
+                let idle =
+                    fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+                (total - idle, total)
+            })
+            .unwrap_or((0, 0));
+        let mut processes = std::collections::HashMap::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                    continue;
+                };
+                let comm = stat[open + 1..close].to_owned();
+                let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+                let ticks = fields
+                    .get(11)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + fields
+                        .get(12)
+                        .and_then(|f| f.parse::<u64>().ok())
+                        .unwrap_or(0);
+                processes.insert(pid, (comm, ticks));
+            }
+        }
+        CpuSnapshot {
+            at: Instant::now(),
+            machine,
+            processes,
+        }
+    }
+
+    /// Where the CPU went since `before`: the machine's busy share and the seconds of CPU
+    /// used by `named` processes (pid, label), PostgreSQL, this bench and its client
+    /// processes, and everything else.
+    pub fn since(&self, before: &CpuSnapshot, named: &[(u32, &str)]) -> String {
+        let secs = self.at.duration_since(before.at).as_secs_f64();
+        let (busy, total) = (
+            self.machine.0.saturating_sub(before.machine.0),
+            self.machine.1.saturating_sub(before.machine.1),
+        );
+        let mut sums: Vec<(String, u64)> = named.iter().map(|(_, l)| (l.to_string(), 0)).collect();
+        let (mut postgres, mut bench, mut other) = (0u64, 0u64, 0u64);
+        for (pid, (comm, ticks)) in &self.processes {
+            let used = ticks.saturating_sub(before.processes.get(pid).map_or(0, |p| p.1));
+            if let Some(i) = named.iter().position(|(p, _)| p == pid) {
+                sums[i].1 += used;
+            } else if comm == "postgres" {
+                postgres += used;
+            } else if comm.starts_with("jobcast-") {
+                bench += used;
+            } else {
+                other += used;
+            }
+        }
+        let cpu = |ticks: u64| format!("{:.1} s", ticks as f64 / TICKS_PER_SEC);
+        let mut parts: Vec<String> = sums
+            .iter()
+            .map(|(l, t)| format!("{l} {}", cpu(*t)))
+            .collect();
+        parts.push(format!("PostgreSQL {}", cpu(postgres)));
+        parts.push(format!("bench clients {}", cpu(bench)));
+        parts.push(format!("other processes {}", cpu(other)));
+        format!(
+            "CPU over {secs:.1} s: the machine ({} cores) {:.0} % busy; {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            if total > 0 {
+                busy as f64 * 100.0 / total as f64
+            } else {
+                f64::NAN
+            },
+            parts.join(", ")
+        )
     }
 }
 

@@ -43,14 +43,68 @@ pub struct SseConn {
     pos: usize,
 }
 
-/// Connects (from `bind` when given), sends the request and reads the response head.
-pub async fn open(addr: SocketAddr, bind: Option<IpAddr>, path: &str) -> Result<SseConn> {
+async fn connect(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = bind {
         socket.bind(SocketAddr::new(ip, 0)).context("bind")?;
     }
     let stream = socket.connect(addr).await.context("connect")?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A plain `GET` (not SSE) on a connection of its own, `Connection: close`; the connection,
+/// to read the answer from with [`read_answer`].
+pub async fn send_get(addr: SocketAddr, bind: Option<IpAddr>, path: &str) -> Result<TcpStream> {
+    let mut stream = connect(addr, bind).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// The status and body of the answer to [`send_get`] (read to the end of the connection;
+/// a chunked body is joined).
+pub async fn read_answer(stream: &mut TcpStream) -> Result<(u16, Vec<u8>)> {
+    let mut bytes = Vec::with_capacity(2048);
+    stream.read_to_end(&mut bytes).await?;
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the response head")?;
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let mut body = bytes[split + 4..].to_vec();
+    let chunked = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        let mut joined = Vec::new();
+        let mut rest = &body[..];
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let hex = String::from_utf8_lossy(&rest[..end]);
+            let size = usize::from_str_radix(hex.trim().split(';').next().unwrap_or(""), 16)?;
+            if size == 0 {
+                break;
+            }
+            let start = end + 2;
+            joined.extend_from_slice(rest.get(start..start + size).context("short chunk")?);
+            rest = rest.get(start + size + 2..).unwrap_or(&[]);
+        }
+        body = joined;
+    }
+    Ok((status, body))
+}
+
+/// Connects (from `bind` when given), sends the request and reads the response head.
+pub async fn open(addr: SocketAddr, bind: Option<IpAddr>, path: &str) -> Result<SseConn> {
+    let stream = connect(addr, bind).await?;
     let mut reader = BufReader::with_capacity(4096, stream);
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
