@@ -36,6 +36,7 @@ mod schedules;
 mod schema;
 mod shutdown;
 mod slow_clients;
+mod standby;
 mod streaming;
 mod tags;
 mod tls;
