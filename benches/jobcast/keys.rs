@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::report::{median, number, summarize, Report, Target};
-use crate::setup::{Bench, Db, Proc};
+use crate::setup::{Bench, CpuSnapshot, Db, Proc};
 
 const UNKEYED: usize = 20_000;
 const KEYED: usize = 10_000;
@@ -52,14 +52,18 @@ struct Drain {
     queued: i64,
     held: i64,
     long_status: String,
+    /// Where the CPU went during the drain.
+    cpu: String,
 }
 
 async fn drain(bench: &Bench, template: &Db, unkeyed: usize) -> Result<Drain> {
     let db = bench.copy_db(template, "keys").await?;
     db.checkpoint().await?;
+    let cpu_before = CpuSnapshot::take();
     let worker = Proc::work(bench, &db, Some(CONCURRENCY)).await?;
     db.wait_for_status("succeeded", unkeyed, DRAIN_LIMIT)
         .await?;
+    let cpu = CpuSnapshot::take().since(&cpu_before, &[(worker.pid()?, "worker")]);
     worker.stop().await;
     let row = db
         .client()
@@ -84,6 +88,7 @@ async fn drain(bench: &Bench, template: &Db, unkeyed: usize) -> Result<Drain> {
         queued: row.get(2),
         held: row.get(3),
         long_status: row.get::<_, Option<String>>(4).unwrap_or_default(),
+        cpu,
     };
     db.drop_db().await;
     Ok(outcome)
@@ -96,7 +101,7 @@ pub async fn run(bench: &Bench) -> Result<Report> {
     let none = template(bench, "keys_none", unkeyed, 0).await?;
     let held = template(bench, "keys_held", unkeyed, keyed).await?;
     let (mut rates_none, mut rates_held) = (Vec::new(), Vec::new());
-    let mut checks = Vec::new();
+    let (mut checks, mut cpu) = (Vec::new(), Vec::new());
     for run in 1..=bench.runs {
         for (label, db, rates) in [
             ("none", &none, &mut rates_none),
@@ -113,6 +118,8 @@ pub async fn run(bench: &Bench) -> Result<Report> {
                 outcome.held,
                 outcome.long_status
             );
+            eprintln!("    {}", outcome.cpu);
+            cpu.push(format!("{label} run {run}: {}", outcome.cpu));
             if label == "held" {
                 checks.push(format!(
                     "run {run}: {} queued, {} in jobcast.held, long job {}",
@@ -149,13 +156,15 @@ pub async fn run(bench: &Bench) -> Result<Report> {
          {keyed} demo.echo jobs on `hot` (limit 1), which wait behind it; none: the same \
          demo.steps without a key (so both drains have {} free slots) and no keyed jobs; rate = \
          unkeyed jobs succeeded / (last finished_at - first started_at); {} runs each, \
-         interleaved, median; per run (jobs/s): none {}; held {}; held after each drain: {}",
+         interleaved, median; per run (jobs/s): none {}; held {}; held after each drain: {}; \
+         {}",
         DRAIN_LIMIT.as_secs(),
         CONCURRENCY - 1,
         bench.runs,
         list(&rates_none),
         list(&rates_held),
-        checks.join("; ")
+        checks.join("; "),
+        cpu.join("; ")
     ));
     chain(bench, &mut report).await?;
     Ok(report)

@@ -100,10 +100,11 @@ async fn follow_tokens(
     let worker = Proc::work(bench, db, Some(concurrency)).await?;
     let expected = Duration::from_millis(check.tokens as u64 * check.token_ms);
     let all_done = clients.wait_done(expected + Duration::from_secs(40)).await;
-    let cpu = CpuSnapshot::take().since(
-        &cpu_before,
-        &[(worker.pid()?, "worker"), (serve.pid()?, "serve")],
-    );
+    let cpu_after = CpuSnapshot::take();
+    let backends = db.backends().await.unwrap_or_default();
+    let mut named: Vec<(u32, &str)> = vec![(worker.pid()?, "worker"), (serve.pid()?, "serve")];
+    named.extend(backends.iter().map(|(pid, who)| (*pid, who.as_str())));
+    let cpu = cpu_after.since(&cpu_before, &named);
     let metrics = serve.metrics().await.unwrap_or_default();
     let stats = clients.stop().await?;
     worker.stop().await;

@@ -285,6 +285,29 @@ impl Db {
         }
     }
 
+    /// This database's backends: (pid, "PostgreSQL for APPLICATION_NAME"), to split
+    /// PostgreSQL's CPU by client in [`CpuSnapshot::since`].
+    pub async fn backends(&self) -> Result<Vec<(u32, String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "select pid, application_name from pg_stat_activity
+                  where datname = $1 and application_name like 'jobcast-%'",
+                &[&self.name],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let app: String = row.get(1);
+                // jobcast-serve-listen counts with jobcast-serve.
+                let who = app.trim_end_matches("-listen");
+                (row.get::<_, i32>(0) as u32, format!("PostgreSQL for {who}"))
+            })
+            .collect())
+    }
+
     pub async fn drop_db(self) {
         if let Ok(admin) = connect(&self.admin_url).await {
             let _ = admin
@@ -563,12 +586,20 @@ impl CpuSnapshot {
             self.machine.0.saturating_sub(before.machine.0),
             self.machine.1.saturating_sub(before.machine.1),
         );
-        let mut sums: Vec<(String, u64)> = named.iter().map(|(_, l)| (l.to_string(), 0)).collect();
+        // One sum per label, in the order first named (several pids may share a label).
+        let mut sums: Vec<(String, u64)> = Vec::new();
+        for (_, label) in named {
+            if !sums.iter().any(|(l, _)| l == label) {
+                sums.push((label.to_string(), 0));
+            }
+        }
         let (mut postgres, mut bench, mut other) = (0u64, 0u64, 0u64);
         for (pid, (comm, ticks)) in &self.processes {
             let used = ticks.saturating_sub(before.processes.get(pid).map_or(0, |p| p.1));
-            if let Some(i) = named.iter().position(|(p, _)| p == pid) {
-                sums[i].1 += used;
+            if let Some((_, label)) = named.iter().find(|(p, _)| p == pid) {
+                if let Some(sum) = sums.iter_mut().find(|(l, _)| l == label) {
+                    sum.1 += used;
+                }
             } else if comm == "postgres" {
                 postgres += used;
             } else if comm.starts_with("jobcast-") {
@@ -582,9 +613,21 @@ impl CpuSnapshot {
             .iter()
             .map(|(l, t)| format!("{l} {}", cpu(*t)))
             .collect();
-        parts.push(format!("PostgreSQL {}", cpu(postgres)));
+        let split = named.iter().any(|(_, l)| l.starts_with("PostgreSQL"));
+        parts.push(format!(
+            "PostgreSQL{} {}",
+            if split { " (the rest)" } else { "" },
+            cpu(postgres)
+        ));
         parts.push(format!("bench clients {}", cpu(bench)));
         parts.push(format!("other processes {}", cpu(other)));
+        // Busy time no process above accounts for: processes that started and ended in
+        // between (another user's compiler, say) and the kernel's own.
+        let attributed = sums.iter().map(|(_, t)| t).sum::<u64>() + postgres + bench + other;
+        parts.push(format!(
+            "processes gone since and the kernel {}",
+            cpu(busy.saturating_sub(attributed))
+        ));
         format!(
             "CPU over {secs:.1} s: the machine ({} cores) {:.0} % busy; {}",
             std::thread::available_parallelism()

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::clients::{ClientGroup, Mode, StreamStats};
 use crate::report::{number, summarize, Report, Summary, Target};
-use crate::setup::{Bench, Db, Proc};
+use crate::setup::{Bench, CpuSnapshot, Db, Proc};
 
 const WAITERS: usize = 10_000;
 /// Of the waiters, those whose jobs finish one every [`PACE_MS`].
@@ -109,6 +109,7 @@ pub async fn run(bench: &Bench) -> Result<Report> {
     );
 
     // 1,000 jobs finish one every 5 ms while the others still wait.
+    let cpu_before = CpuSnapshot::take();
     let paced_worker = Proc::work_with(
         bench,
         &db,
@@ -120,13 +121,24 @@ pub async fn run(bench: &Bench) -> Result<Report> {
             PACE_LEAD_MS + paced as u64 * PACE_MS + 20_000,
         ))
         .await;
+    let paced_cpu = CpuSnapshot::take().since(
+        &cpu_before,
+        &[(paced_worker.pid()?, "worker"), (serve.pid()?, "serve")],
+    );
+    eprintln!("  paced: {paced_cpu}");
     let paced_stats = pace.stop().await?;
     paced_worker.stop().await;
     // Then the other 9,000 (and the warm-up's) in one burst.
     let drained = Instant::now();
+    let cpu_before = CpuSnapshot::take();
     let burst_worker =
         Proc::work_with(bench, &db, &["--queues", "parked", "--concurrency", "32"]).await?;
     let burst_done = burst.wait_done(Duration::from_secs(40)).await;
+    let burst_cpu = CpuSnapshot::take().since(
+        &cpu_before,
+        &[(burst_worker.pid()?, "worker"), (serve.pid()?, "serve")],
+    );
+    eprintln!("  burst: {burst_cpu}");
     let drain_secs = drained.elapsed().as_secs_f64();
     let burst_stats = burst.stop().await?;
     let _ = warm.stop().await;
@@ -242,7 +254,7 @@ pub async fn run(bench: &Bench) -> Result<Report> {
          `jobcast work --queues parked --concurrency 32` drains the {parked} (and {WARM_UP} \
          warm-up) jobs: {} answered terminal, {} not terminal in {drain_secs:.1} s from the \
          worker's start, {}; every request answered {answered_secs:.1} s after the first was \
-         sent",
+         sent; paced: {paced_cpu}; burst: {burst_cpu}",
         paced_stats.answered_terminal,
         paced_stats.answered_not_terminal,
         errors(&paced_stats),
