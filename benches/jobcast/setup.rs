@@ -120,9 +120,19 @@ impl Bench {
         base.map(|b| format!("{:.1}× NOTIFY RTT {name}", millis / b))
     }
 
-    /// The settings every scenario ran under, and the server version.
+    /// The settings every scenario ran under, and the server version. Also notes the
+    /// server's postmaster (when it runs on this machine) for [`CpuSnapshot`].
     pub async fn postgres_settings(&self) -> Result<Value> {
         let client = connect(&self.admin_url).await?;
+        let backend: i32 = client
+            .query_one("select pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        if let Some((comm, _, parent)) = proc_stat(backend as u32) {
+            if comm == "postgres" {
+                let _ = POSTMASTER.set(parent);
+            }
+        }
         let names = [
             "server_version",
             "fsync",
@@ -510,13 +520,27 @@ impl Proc {
     }
 }
 
+/// The pid of the bench's PostgreSQL server (when local): its processes are told from
+/// those of any other PostgreSQL on the machine.
+static POSTMASTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// (command name, user + system ticks, parent pid) of a process, from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(String, u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some((comm, field(11)? + field(12)?, field(1)? as u32))
+}
+
 /// CPU time of the whole machine and of every process, at one moment (from /proc).
 pub struct CpuSnapshot {
     at: Instant,
     /// (busy, total) clock ticks of all CPUs since boot.
     machine: (u64, u64),
-    /// pid -> (command name, user + system ticks).
-    processes: std::collections::HashMap<u32, (String, u64)>,
+    /// pid -> (command name, user + system ticks, parent pid).
+    processes: std::collections::HashMap<u32, (String, u64, u32)>,
 }
 
 /// Clock ticks per second (USER_HZ: 100 on every Linux this runs on).
@@ -551,23 +575,9 @@ impl CpuSnapshot {
                 else {
                     continue;
                 };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
-                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                    continue;
-                };
-                let comm = stat[open + 1..close].to_owned();
-                let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-                let ticks = fields
-                    .get(11)
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + fields
-                        .get(12)
-                        .and_then(|f| f.parse::<u64>().ok())
-                        .unwrap_or(0);
-                processes.insert(pid, (comm, ticks));
+                if let Some(stat) = proc_stat(pid) {
+                    processes.insert(pid, stat);
+                }
             }
         }
         CpuSnapshot {
@@ -594,13 +604,15 @@ impl CpuSnapshot {
             }
         }
         let (mut postgres, mut bench, mut other) = (0u64, 0u64, 0u64);
-        for (pid, (comm, ticks)) in &self.processes {
+        let postmaster = POSTMASTER.get().copied();
+        for (pid, (comm, ticks, parent)) in &self.processes {
             let used = ticks.saturating_sub(before.processes.get(pid).map_or(0, |p| p.1));
             if let Some((_, label)) = named.iter().find(|(p, _)| p == pid) {
                 if let Some(sum) = sums.iter_mut().find(|(l, _)| l == label) {
                     sum.1 += used;
                 }
-            } else if comm == "postgres" {
+            } else if comm == "postgres" && postmaster.is_none_or(|pm| *pid == pm || *parent == pm)
+            {
                 postgres += used;
             } else if comm.starts_with("jobcast-") {
                 bench += used;

@@ -51,6 +51,15 @@ async fn sample_connections(db: &Db) -> Result<(i64, i64)> {
     Ok(most)
 }
 
+/// Where the CPU went since `before`, PostgreSQL's split by client.
+async fn cpu_split(db: &Db, before: &CpuSnapshot, worker: &Proc, serve: &Proc) -> Result<String> {
+    let after = CpuSnapshot::take();
+    let backends = db.backends().await.unwrap_or_default();
+    let mut named: Vec<(u32, &str)> = vec![(worker.pid()?, "worker"), (serve.pid()?, "serve")];
+    named.extend(backends.iter().map(|(pid, who)| (*pid, who.as_str())));
+    Ok(after.since(before, &named))
+}
+
 fn latency(stats: &StreamStats) -> Summary {
     summarize(stats.latency_ms())
 }
@@ -121,10 +130,7 @@ pub async fn run(bench: &Bench) -> Result<Report> {
             PACE_LEAD_MS + paced as u64 * PACE_MS + 20_000,
         ))
         .await;
-    let paced_cpu = CpuSnapshot::take().since(
-        &cpu_before,
-        &[(paced_worker.pid()?, "worker"), (serve.pid()?, "serve")],
-    );
+    let paced_cpu = cpu_split(&db, &cpu_before, &paced_worker, &serve).await?;
     eprintln!("  paced: {paced_cpu}");
     let paced_stats = pace.stop().await?;
     paced_worker.stop().await;
@@ -134,10 +140,7 @@ pub async fn run(bench: &Bench) -> Result<Report> {
     let burst_worker =
         Proc::work_with(bench, &db, &["--queues", "parked", "--concurrency", "32"]).await?;
     let burst_done = burst.wait_done(Duration::from_secs(40)).await;
-    let burst_cpu = CpuSnapshot::take().since(
-        &cpu_before,
-        &[(burst_worker.pid()?, "worker"), (serve.pid()?, "serve")],
-    );
+    let burst_cpu = cpu_split(&db, &cpu_before, &burst_worker, &serve).await?;
     eprintln!("  burst: {burst_cpu}");
     let drain_secs = drained.elapsed().as_secs_f64();
     let burst_stats = burst.stop().await?;
