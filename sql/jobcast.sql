@@ -58,10 +58,19 @@ begin
     if coalesce(current_setting('jobcast.notify', true), '') = 'off' then
         return null;
     end if;
-    select string_agg(job_id::text || ':' || first_seq || ':' || last_seq, ',')
+    -- Consecutive job ids with the same seqs (a batch enqueued, a batch claimed) share one
+    -- entry "FIRST_ID-LAST_ID:FIRST_SEQ:LAST_SEQ": a batch of 1,000 is one entry instead of
+    -- a payload over the limit ("*": every follower of every job re-reads).
+    select string_agg(case when r.lo = r.hi then r.lo::text else r.lo || '-' || r.hi end
+                      || ':' || r.first_seq || ':' || r.last_seq, ',' order by r.lo)
       into payload
-      from (select job_id, min(seq) as first_seq, max(seq) as last_seq
-              from new_events group by job_id) s;
+      from (select min(g.job_id) as lo, max(g.job_id) as hi, g.first_seq, g.last_seq
+              from (select s.job_id, s.first_seq, s.last_seq,
+                           s.job_id - row_number() over (partition by s.first_seq, s.last_seq
+                                                         order by s.job_id) as run
+                      from (select job_id, min(seq) as first_seq, max(seq) as last_seq
+                              from new_events group by job_id) s) g
+             group by g.first_seq, g.last_seq, g.run) r;
     if payload is null then
         return null;
     end if;
@@ -1268,8 +1277,13 @@ $$;
 create or replace function jobcast.job_hint(
     p_queue text, p_kind text, p_status jobcast.job_status, p_run_at timestamptz
 ) returns text
-language sql stable as $$
-    select case
+language plpgsql stable as $$
+begin
+    -- Most jobs are not queued: no query at all for them.
+    if p_status <> 'queued' or p_run_at > now() then
+        return null;
+    end if;
+    return (select case
         when p_status <> 'queued' or p_run_at > now() then null
         when exists (select 1 from jobcast.queues q where q.name = p_queue and q.paused)
             then 'queue ' || p_queue || ' is paused'
@@ -1281,7 +1295,8 @@ language sql stable as $$
                      else floor(extract(epoch from now() - p_run_at) / 60)::bigint || ' minutes'
                 end
              || ' (no live worker takes it from queue ' || p_queue || ')'
-    end
+    end);
+end
 $$;
 
 -- Kinds with due jobs that no live worker takes from their queue: for /metrics and the
@@ -1324,12 +1339,17 @@ language sql as $$
 $$;
 
 -- Streams open on a job across every serve process heard from in the last 10 seconds.
+-- plpgsql, like job_hint and waiting_for: a SQL function that is not inlined is planned
+-- again on every call (five times the cost of the job's row for every GET /v1/jobs/ID);
+-- plpgsql keeps its plans per session.
 create or replace function jobcast.job_subscribers(p_job_id bigint) returns bigint
-language sql stable as $$
-    select coalesce(sum(c.streams), 0)::bigint
-      from jobcast.stream_counts c
-      join jobcast.stream_pods p on p.id = c.pod
-     where c.job_id = p_job_id and p.last_seen > now() - interval '10 seconds'
+language plpgsql stable as $$
+begin
+    return (select coalesce(sum(c.streams), 0)::bigint
+              from jobcast.stream_counts c
+              join jobcast.stream_pods p on p.id = c.pod
+             where c.job_id = p_job_id and p.last_seen > now() - interval '10 seconds');
+end
 $$;
 
 -- Repairs the invariants between jobs and its lists (a queued job has a jobcast.queued row,
@@ -1557,8 +1577,12 @@ $$;
 create or replace function jobcast.waiting_for(
     p_id bigint, p_queue text, p_status jobcast.job_status
 ) returns text
-language sql stable as $$
-    select case
+language plpgsql stable as $$
+begin
+    if p_status <> 'queued' then
+        return null;
+    end if;
+    return (select case
         when p_status <> 'queued' then null
         when exists (select 1 from jobcast.held h where h.id = p_id) then 'concurrency_key'
         else (select case
@@ -1573,7 +1597,8 @@ language sql stable as $$
                        then 'queue_rate'
               end
               from jobcast.queues q where q.name = p_queue)
-    end
+    end);
+end
 $$;
 
 -- The timeline this primary writes on, from the name of its current WAL file: a promoted

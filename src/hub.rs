@@ -309,24 +309,32 @@ impl Hub {
         let topics = self.inner.topics();
         let mut pending = self.inner.pending();
         for entry in payload.split(',') {
-            let mut parts = entry.split(':').map(str::parse::<i64>);
-            let (Some(Ok(job_id)), Some(Ok(first)), Some(Ok(last))) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let Some((ids, first, last)) = parse_entry(entry) else {
                 tracing::warn!(entry, "ignoring malformed notification");
                 continue;
             };
-            let Some(topic) = topics.get(&job_id) else {
-                continue;
-            };
-            if topic.last_seq.is_some_and(|seen| i64::from(seen) >= last) {
-                continue;
-            }
             let first = i32::try_from(first).unwrap_or(i32::MAX);
-            pending
-                .entry(job_id)
-                .and_modify(|lowest| *lowest = (*lowest).min(first))
-                .or_insert(first);
+            let mut note = |job_id: i64, topic: &Topic| {
+                if topic.last_seq.is_some_and(|seen| i64::from(seen) >= last) {
+                    return;
+                }
+                pending
+                    .entry(job_id)
+                    .and_modify(|lowest| *lowest = (*lowest).min(first))
+                    .or_insert(first);
+            };
+            // A range: walk whichever is smaller, the range or the jobs followed here.
+            if (ids.end() - ids.start()) as usize >= topics.len() {
+                for (job_id, topic) in topics.iter().filter(|(id, _)| ids.contains(id)) {
+                    note(*job_id, topic);
+                }
+            } else {
+                for job_id in ids {
+                    if let Some(topic) = topics.get(&job_id) {
+                        note(job_id, topic);
+                    }
+                }
+            }
         }
         if !pending.is_empty() {
             self.inner.note_pending_since();
@@ -434,6 +442,29 @@ impl Hub {
     }
 }
 
+/// One entry of an events notification: `ID:FIRST:LAST` or `FIRST_ID-LAST_ID:FIRST:LAST`
+/// (consecutive jobs with the same seqs).
+fn parse_entry(entry: &str) -> Option<(std::ops::RangeInclusive<i64>, i64, i64)> {
+    let mut parts = entry.split(':');
+    let ids = parts.next()?;
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
+    let ids = match ids.split_once('-') {
+        None => {
+            let id = ids.parse().ok()?;
+            id..=id
+        }
+        Some((lo, hi)) => {
+            let (lo, hi): (i64, i64) = (lo.parse().ok()?, hi.parse().ok()?);
+            if hi < lo {
+                return None;
+            }
+            lo..=hi
+        }
+    };
+    Some((ids, first, last))
+}
+
 /// A stream's membership of a job's topic; leaving frees the topic with its last member.
 pub struct Subscription {
     receiver: Option<broadcast::Receiver<HubMessage>>,
@@ -460,5 +491,19 @@ impl Drop for Subscription {
                 topics.remove(&self.job_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_entry;
+
+    #[test]
+    fn notification_entries_name_one_job_or_a_range() {
+        assert_eq!(parse_entry("12:3:5"), Some((12..=12, 3, 5)));
+        assert_eq!(parse_entry("101-1100:1:1"), Some((101..=1100, 1, 1)));
+        assert_eq!(parse_entry("9-3:1:1"), None);
+        assert_eq!(parse_entry("x:1:1"), None);
+        assert_eq!(parse_entry("1:1"), None);
     }
 }

@@ -406,3 +406,14 @@ pub async fn output_text(
     let row = super::query_one(client, statement, &[&id.0, &attempt, &stream]).await?;
     Ok(row.try_get(0)?)
 }
+
+/// Whether the job is terminal (one index lookup; the waiting requests' check).
+pub async fn is_terminal(client: &impl GenericClient, id: JobId) -> Result<bool> {
+    let statement = "select status in ('succeeded', 'failed', 'cancelled')
+                       from jobcast.jobs where id = $1";
+    let row = super::query_opt(client, statement, &[&id.0]).await?;
+    Ok(match row {
+        Some(row) => row.try_get(0)?,
+        None => true,
+    })
+}

@@ -286,15 +286,19 @@ pub async fn wait_for_terminal(
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the job is read: a terminal event committed after the read is heard.
     let mut subscription = state.hub.subscribe(id.0);
+    let full = || async {
+        let client = state.pool.get().await?;
+        db::jobs::get_job(&client, id, tenant)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))
+    };
+    let job = full().await?;
+    if job.status.is_terminal() {
+        return Ok(job);
+    }
     loop {
-        let job = {
-            let client = state.pool.get().await?;
-            db::jobs::get_job(&client, id, tenant)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no job with id {id}")))?
-        };
-        if job.status.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return Ok(job);
+        if tokio::time::Instant::now() >= deadline {
+            return full().await;
         }
         // Until a terminal event, a hint that one may have been missed, or the end.
         loop {
@@ -311,12 +315,20 @@ pub async fn wait_for_terminal(
             };
             match heard {
                 Ok(crate::hub::HubMessage::Frame(frame)) if !frame.is_terminal() => continue,
+                // A terminal event: the job as it is now.
+                Ok(crate::hub::HubMessage::Frame(_)) => return full().await,
+                // Notifications may have been missed: its status says whether to go on.
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                     tokio::time::sleep_until(deadline).await;
                     break;
                 }
             }
+        }
+        let client = state.pool.get().await?;
+        if db::jobs::is_terminal(&client, id).await? {
+            drop(client);
+            return full().await;
         }
     }
 }

@@ -184,3 +184,51 @@ async fn a_fetch_cut_short_by_a_big_burst_still_delivers_the_other_jobs_event() 
         assert_eq!(event.seq(), seq);
     }
 }
+
+/// A batch of 1,000 jobs enqueued notifies one short entry ("FIRST-LAST:1:1"), not "*"
+/// (which made every follower of every job in every pod re-read: issue 21's waiting
+/// requests re-read their job after any large batch).
+#[tokio::test]
+async fn a_large_batch_is_one_notification_entry_not_a_re_read_of_everything() {
+    let db = TestDb::new().await;
+    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute("listen jobcast_events")
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let specs: Vec<serde_json::Value> = (0..1000)
+        .map(|i| serde_json::json!({"kind": "demo.echo", "args": {"i": i}}))
+        .collect();
+    client
+        .query(
+            "select id from jobcast.enqueue_jobs($1)",
+            &[&serde_json::Value::Array(specs)],
+        )
+        .await
+        .unwrap();
+    let payload = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(payload, "*");
+    assert!(payload.len() < 40, "one entry: {payload}");
+    let (ids, seqs) = payload.split_once(':').unwrap();
+    let (first, last) = ids.split_once('-').unwrap();
+    assert_eq!(
+        last.parse::<i64>().unwrap() - first.parse::<i64>().unwrap(),
+        999
+    );
+    assert_eq!(seqs, "1:1");
+}
