@@ -34,6 +34,8 @@ mod report;
 mod setup;
 #[path = "jobcast/sse.rs"]
 mod sse;
+#[path = "jobcast/tags.rs"]
+mod tags;
 #[path = "jobcast/throughput.rs"]
 mod throughput;
 #[path = "jobcast/wait.rs"]
@@ -43,7 +45,7 @@ use report::Report;
 use setup::Bench;
 
 /// In run order: `raw` first, so that the others can be quoted against it.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "raw",
     "throughput",
     "progress",
@@ -53,13 +55,14 @@ const SCENARIOS: [&str; 9] = [
     "output",
     "wait",
     "keys",
+    "tags",
 ];
 /// A scenario still running after this long is abandoned (each is built to take far less).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(170);
 
 const USAGE: &str = "usage: cargo bench --bench jobcast -- [--runs N] [--quick] [scenario...]
 scenarios (default: all, in this order): raw throughput progress pickup event-latency fanout
-  output wait keys
+  output wait keys tags
   --runs N   runs per median (default 3)
   --quick    a tenth of the work and one run: a smoke test, not a measurement
 DATABASE_URL must point at a PostgreSQL superuser connection (scripts/bench sets it).";
@@ -113,6 +116,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("client") {
         return clients::child_main();
+    }
+    if args.first().map(String::as_str) == Some("tags-client") {
+        return tags::child_main();
     }
     let options = match parse_options(&args) {
         Ok(options) => options,
@@ -211,6 +217,7 @@ async fn run_one(scenario: &str, bench: &mut Bench) -> Result<Report> {
         "output" => output::run(bench).await,
         "wait" => wait::run(bench).await,
         "keys" => keys::run(bench).await,
+        "tags" => tags::run(bench).await,
         other => bail!("unknown scenario {other}"),
     }
 }
