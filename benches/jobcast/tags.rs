@@ -143,7 +143,15 @@ async fn child() -> Result<()> {
             };
             let mut latency = Vec::new();
             if let Err(e) = follow(
-                addr, bind, &page, jobs, &counters, &opening, &stop, &mut seen, &mut latency,
+                addr,
+                bind,
+                &page,
+                jobs,
+                &counters,
+                &opening,
+                &stop,
+                &mut seen,
+                &mut latency,
             )
             .await
             {
@@ -429,7 +437,10 @@ fn check(pages: &[PageSeen], jobs: &HashMap<String, (String, u64)>) -> Check {
         out.foreign_tag += page.foreign_tag;
         out.unreadable += page.unreadable;
         if page.foreign_tag > 0 {
-            problems.push(format!("{} events tagged for another user", page.foreign_tag));
+            problems.push(format!(
+                "{} events tagged for another user",
+                page.foreign_tag
+            ));
         }
         if page.unreadable > 0 {
             problems.push(format!("{} events without a job_id", page.unreadable));
@@ -503,9 +514,8 @@ pub async fn run(bench: &Bench) -> Result<Report> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        workers.push(
-            Proc::work_with(bench, &db, &["--concurrency", &CONCURRENCY.to_string()]).await?,
-        );
+        workers
+            .push(Proc::work_with(bench, &db, &["--concurrency", &CONCURRENCY.to_string()]).await?);
     }
     let specs: Vec<serde_json::Value> = (0..JOBS_PER_USER)
         .flat_map(|_| {
@@ -655,7 +665,11 @@ pub async fn run(bench: &Bench) -> Result<Report> {
          succeeded, first start to last finish {span:.1} s; pages kept listening {} ms more",
         1 + PROCESSES,
         users * JOBS_PER_USER,
-        if all_done { "every page" } else { "NOT every page" },
+        if all_done {
+            "every page"
+        } else {
+            "NOT every page"
+        },
         RUN_LIMIT.as_secs(),
         LINGER.as_millis()
     ));
