@@ -126,7 +126,7 @@ pub const PAGE_BYTES: i64 = 1 << 20;
 fn frame_columns(order: &str) -> String {
     format!(
         "e.job_id, e.seq, e.type, d.text as data, e.data->>'at' as at, e.xid::text as xid, \
-         e.id, (e.data->'tags')::text as tags, jobcast.timeline() as timeline, \
+         e.id, (e.data->'tags')::text as tags, (select jobcast.timeline()) as timeline, \
          sum(octet_length(d.text)) over (order by {order}) - octet_length(d.text) \
          as bytes_before"
     )
