@@ -47,20 +47,43 @@ language sql volatile as $$
                               (select j.tags from jobcast.jobs j where j.id = p_job_id))
 $$;
 
--- One NOTIFY per statement that inserts events: "job_id:first_seq:last_seq,...".
--- NOTIFY is only a doorbell; listeners read the rows. Over-long payloads become "*"
--- (re-read everything you follow).
+-- Two NOTIFYs per statement that inserts events. First, on `jobcast_frames`, the events
+-- themselves when they fit (a few small ones: a step's progress, a token window, a claim of
+-- a few jobs), else just where they are: {"x": XID, "o": OLDER, "t": TIMELINE, "f": [[job_id,
+-- seq, type, id, tenant, data], ...]}, with XID this transaction's id, OLDER the oldest
+-- transaction still running that is older than this one (null: none) and TIMELINE
+-- jobcast.timeline() (what streams check their history on). A pod delivers carried events
+-- without reading the table: a job's next seqs at once; the firehose in commit order once
+-- no older transaction can still add events before them (OLDER tells when). Without "f"
+-- (too large), XID says up to where the pod must read the table. Sizes are checked on the
+-- stored form first, so a large batch costs no text conversion.
+-- Then, on `jobcast_events`, the doorbell "job_id:first_seq:last_seq,..." (what releases
+-- before 0.2 listen to): consecutive job ids with the same seqs share one entry
+-- "FIRST_ID-LAST_ID:FIRST_SEQ:LAST_SEQ"; over 7,000 bytes it is "*" (re-read everything).
+-- The table stays the truth for replay, resume and every gap.
 create or replace function jobcast.notify_events() returns trigger
 language plpgsql as $$
 declare
     payload text;
+    frames text;
+    me xid8 := pg_current_xact_id();
+    older xid8;
+    snap pg_snapshot;
 begin
+    -- In a transaction whose snapshot is older than its xid (repeatable read), transactions
+    -- between the snapshot's xmax and this one are unknown: count them as running.
+    snap := pg_current_snapshot();
+    select min(x) into older from pg_snapshot_xip(snap) as x where x < me;
+    if pg_snapshot_xmax(snap) < me then
+        older := least(older, pg_snapshot_xmax(snap));
+    end if;
     if coalesce(current_setting('jobcast.notify', true), '') = 'off' then
+        -- Bulk loads: no doorbell, but pods must still learn that the firehose has events
+        -- here they did not carry (one small notification per transaction: same text).
+        perform pg_notify('jobcast_frames',
+                          format('{"x":"%s","o":%s}', me, coalesce('"' || older || '"', 'null')));
         return null;
     end if;
-    -- Consecutive job ids with the same seqs (a batch enqueued, a batch claimed) share one
-    -- entry "FIRST_ID-LAST_ID:FIRST_SEQ:LAST_SEQ": a batch of 1,000 is one entry instead of
-    -- a payload over the limit ("*": every follower of every job re-reads).
     select string_agg(case when r.lo = r.hi then r.lo::text else r.lo || '-' || r.hi end
                       || ':' || r.first_seq || ':' || r.last_seq, ',' order by r.lo)
       into payload
@@ -77,6 +100,22 @@ begin
     if octet_length(payload) > 7000 then
         payload := '*';
     end if;
+    if (select count(*) <= 48 and sum(pg_column_size(e.data)) <= 5000 from new_events e) then
+        select string_agg(format('[%s,%s,%s,%s,%s,%s]', e.job_id, e.seq, to_json(e.type), e.id,
+                                 to_json(coalesce((select j.tenant from jobcast.jobs j
+                                                    where j.id = e.job_id), 'default')),
+                                 e.data),
+                          ',' order by e.id)
+          into frames
+          from new_events e;
+    end if;
+    if frames is not null and octet_length(frames) > 7800 then
+        frames := null;
+    end if;
+    perform pg_notify('jobcast_frames',
+                      format('{"x":"%s","o":%s%s}', me, coalesce('"' || older || '"', 'null'),
+                             coalesce(',"t":' || jobcast.timeline() || ',"f":[' || frames || ']',
+                                      '')));
     perform pg_notify('jobcast_events', payload);
     return null;
 end

@@ -37,12 +37,15 @@ const FIREHOSE_RECHECK: Duration = Duration::from_millis(20);
 
 /// The channel `jobcast.notify_events` notifies on.
 pub const EVENTS_CHANNEL: &str = "jobcast_events";
+/// The channel on which `jobcast.notify_events` sends the events themselves when they fit,
+/// just before their doorbell on [`EVENTS_CHANNEL`].
+pub const FRAMES_CHANNEL: &str = "jobcast_frames";
 
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
 pub enum HubMessage {
-    /// The next event the hub read for this job (boxed: a frame is large, a resync small).
-    Frame(Box<Frame>),
+    /// The next event of this job (shared: every subscriber gets the same frame).
+    Frame(Arc<Frame>),
     /// Notifications may have been missed: re-read the table from your last seq.
     Resync,
 }
@@ -69,6 +72,146 @@ struct Inner {
     reconnects: watch::Sender<u64>,
     /// Pages of the whole firehose, read once per process for every firehose follower.
     firehose_pages: broadcast::Sender<Arc<FirehosePage>>,
+    /// Events carried by notifications, waiting for the firehose reader.
+    inbox: Mutex<Inbox>,
+}
+
+/// Most carried events the firehose inbox holds back (an old transaction still running keeps
+/// them from being released); past that it forgets them and the reader reads the table.
+const INBOX_CAPACITY: usize = 20_000;
+
+/// Events that missed the firehose inbox: until a table read has passed them, nothing after
+/// `cap` is released from the inbox.
+#[derive(Debug)]
+struct Hole {
+    /// Carried events up to here may still be released.
+    cap: Cursor,
+    /// Resolved by a table read whose horizon is at least this xid (None: not known yet;
+    /// the next table read takes the database's next xid before reading).
+    resolved_at: Option<u64>,
+}
+
+/// The firehose reader's inbox: the events `jobcast_frames` notifications carried, released
+/// in commit order once no event can still come before them, so a pod delivers the firehose
+/// without reading the table (one read per gap instead of one per notification).
+///
+/// Notifications arrive in commit order. One from transaction T says T's events (or that
+/// they did not fit: a hole) and the oldest older transaction O still running when T wrote:
+/// every transaction older than O had ended, so its notification came before T's. Hence
+/// everything before `accounted` is released or held here, unless a hole says otherwise.
+#[derive(Debug, Default)]
+struct Inbox {
+    /// Whether the reader keeps events (it has followers and a position).
+    active: bool,
+    /// Carried events not released yet, by cursor.
+    frames: std::collections::BTreeMap<Cursor, Frame>,
+    /// Every event at or before this is released or in `frames`, but for `holes`.
+    accounted: Cursor,
+    holes: Vec<Hole>,
+    /// Whether a frames notification came since the last doorbell.
+    paired: bool,
+}
+
+impl Inbox {
+    /// Starts keeping events; until a table read has passed the database's next xid,
+    /// notifications seen before this may have been missed.
+    fn activate(&mut self) {
+        *self = Inbox {
+            active: true,
+            paired: self.paired,
+            ..Inbox::default()
+        };
+        self.unknown_hole();
+    }
+
+    fn deactivate(&mut self) {
+        *self = Inbox {
+            paired: self.paired,
+            ..Inbox::default()
+        };
+    }
+
+    /// Events were committed that this inbox does not have, of a transaction it cannot
+    /// name (an unpaired doorbell, a lost LISTEN connection).
+    fn unknown_hole(&mut self) {
+        if self.active {
+            self.holes.push(Hole {
+                cap: self.accounted,
+                resolved_at: None,
+            });
+        }
+    }
+
+    fn take(&mut self, carried: crate::db::events::Carried) {
+        if !self.active {
+            return;
+        }
+        let own_last = match carried.frames {
+            None => {
+                self.holes.push(Hole {
+                    cap: Cursor::below(carried.xid),
+                    resolved_at: Some(carried.xid + 1),
+                });
+                None
+            }
+            Some(frames) => {
+                let last = frames.last().map(|f| f.cursor);
+                for frame in frames {
+                    // At or before `accounted`: a table read delivered it already.
+                    if frame.cursor > self.accounted {
+                        self.frames.insert(frame.cursor, frame);
+                    }
+                }
+                last
+            }
+        };
+        let accounted = match carried.older {
+            Some(older) => Cursor::below(older),
+            // No older transaction was running: everything before this transaction is
+            // accounted for, and so are its events up to these (a later statement of it
+            // inserts events with higher ids).
+            None => own_last.unwrap_or(Cursor::below(carried.xid)),
+        };
+        self.accounted = self.accounted.max(accounted);
+        if self.frames.len() > INBOX_CAPACITY {
+            self.frames.clear();
+            self.unknown_hole();
+        }
+    }
+
+    /// Up to where events may be released now, if a table read is not needed first.
+    fn limit(&self) -> Cursor {
+        self.holes
+            .iter()
+            .map(|h| h.cap)
+            .fold(self.accounted, Cursor::min)
+    }
+
+    /// The frames after `from` up to `limit`, in order, leaving later ones.
+    fn release(&mut self, from: Cursor, limit: Cursor) -> Vec<Frame> {
+        let later = match limit.next() {
+            Some(next) => self.frames.split_off(&next),
+            None => std::collections::BTreeMap::new(),
+        };
+        let released = std::mem::replace(&mut self.frames, later);
+        released
+            .into_iter()
+            .filter(|(cursor, _)| *cursor > from)
+            .map(|(_, frame)| frame)
+            .collect()
+    }
+
+    /// After the reader read the table up to `position`, every event below `horizon` (an
+    /// xid) delivered.
+    fn after_read(&mut self, position: Cursor, horizon: u64) {
+        self.frames = match position.next() {
+            Some(next) => self.frames.split_off(&next),
+            None => std::collections::BTreeMap::new(),
+        };
+        self.accounted = self.accounted.max(position);
+        self.holes
+            .retain(|h| h.resolved_at.is_none_or(|at| horizon < at));
+    }
 }
 
 /// A page of the firehose read by the hub's one reader: every event after `from` up to
@@ -89,6 +232,10 @@ impl Inner {
         // A panic while holding the lock cannot leave the map half-updated (single inserts
         // and removes), so a poisoned lock is still safe to use.
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<i64, i32>> {
@@ -122,7 +269,8 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Hub {
         let shutdown_for_firehose = shutdown.clone();
-        let (signals, connected) = listener::spawn(listen_config, &[EVENTS_CHANNEL], shutdown);
+        let (signals, connected) =
+            listener::spawn(listen_config, &[FRAMES_CHANNEL, EVENTS_CHANNEL], shutdown);
         let (firehose, _) = watch::channel(0);
         let (reconnects, _) = watch::channel(0);
         let (firehose_pages, _) = broadcast::channel(FIREHOSE_CAPACITY);
@@ -137,6 +285,7 @@ impl Hub {
                 firehose,
                 reconnects,
                 firehose_pages,
+                inbox: Mutex::new(Inbox::default()),
             }),
         };
         tokio::spawn(hub.clone().route_signals(signals));
@@ -206,11 +355,42 @@ impl Hub {
             if self.inner.firehose_pages.receiver_count() == 0 {
                 // Nobody follows: start again from "now" when someone does (followers
                 // bridge any gap from the table).
-                position = None;
+                if position.take().is_some() {
+                    self.inner.inbox().deactivate();
+                }
                 recheck = None;
                 continue;
             }
-            match crate::db::deadline(self.read_firehose(&mut position)).await {
+            if position.is_none() {
+                self.inner.inbox().activate();
+            }
+            if let (true, Some(at)) = (notified, position) {
+                // The events notifications carried, when no table read is needed first.
+                let released = {
+                    let mut inbox = self.inner.inbox();
+                    inbox.holes.is_empty().then(|| {
+                        let limit = inbox.limit().max(at);
+                        (inbox.release(at, limit), limit, !inbox.frames.is_empty())
+                    })
+                };
+                if let Some((frames, to, waiting)) = released {
+                    if !frames.is_empty() || to > at {
+                        let page = FirehosePage {
+                            from: at,
+                            to,
+                            frames,
+                        };
+                        let _ = self.inner.firehose_pages.send(Arc::new(page));
+                        position = Some(to);
+                    }
+                    // Events held back by an older transaction still running: it may end
+                    // without a notification (it wrote no event), so look again soon.
+                    recheck = waiting
+                        .then(|| recheck.map_or(FIREHOSE_RECHECK, |d| (d * 2).min(FIREHOSE_POLL)));
+                    continue;
+                }
+            }
+            match crate::db::deadline(self.read_firehose_and_inbox(&mut position)).await {
                 Ok(0) if notified || recheck.is_some() => {
                     recheck =
                         Some(recheck.map_or(FIREHOSE_RECHECK, |d| (d * 2).min(FIREHOSE_POLL)));
@@ -219,17 +399,49 @@ impl Hub {
                 Err(reason) => {
                     tracing::warn!(%reason, "reading the firehose failed; retrying");
                     position = None;
+                    self.inner.inbox().deactivate();
                     recheck = None;
                 }
             }
         }
     }
 
-    /// Reads and broadcasts every event readable after `position`; how many.
-    async fn read_firehose(
+    /// Reads the table (see [`Hub::read_firehose`]), first fixing where the inbox's unnamed
+    /// holes end, then tells the inbox what the read delivered.
+    async fn read_firehose_and_inbox(
         &self,
         position: &mut Option<Cursor>,
     ) -> Result<usize, crate::db::Error> {
+        let unnamed = self
+            .inner
+            .inbox()
+            .holes
+            .iter()
+            .any(|h| h.resolved_at.is_none());
+        if unnamed {
+            // Every transaction whose events the inbox missed so far has an xid below this.
+            let next = {
+                let client = self.inner.pool.get().await?;
+                crate::db::events::next_xid(&client).await?
+            };
+            for hole in &mut self.inner.inbox().holes {
+                hole.resolved_at.get_or_insert(next);
+            }
+        }
+        let (delivered, horizon) = self.read_firehose(position).await?;
+        if let (Some(at), Some(horizon)) = (*position, horizon) {
+            self.inner.inbox().after_read(at, horizon);
+        }
+        Ok(delivered)
+    }
+
+    /// Reads and broadcasts every event readable after `position`; how many.
+    /// Also returns the horizon the last (empty) page ended at: every event of a
+    /// transaction below it has been read.
+    async fn read_firehose(
+        &self,
+        position: &mut Option<Cursor>,
+    ) -> Result<(usize, Option<u64>), crate::db::Error> {
         let client = self.inner.pool.get().await?;
         let mut from = match *position {
             Some(at) => at,
@@ -237,6 +449,7 @@ impl Hub {
         };
         let mut delivered = 0;
         loop {
+            METRICS.hub_table_reads.inc();
             let (frames, done) = crate::db::events::firehose_page(
                 &client,
                 from,
@@ -270,7 +483,7 @@ impl Hub {
                     let _ = self.inner.firehose_pages.send(Arc::new(page));
                 }
                 *position = Some(to);
-                return Ok(delivered);
+                return Ok((delivered, done.map(|done| done.xid.saturating_add(1))));
             };
             let to = last.cursor;
             delivered += frames.len();
@@ -285,9 +498,14 @@ impl Hub {
     async fn route_signals(self, mut signals: mpsc::UnboundedReceiver<Signal>) {
         while let Some(signal) = signals.recv().await {
             match signal {
+                Signal::Notification { channel, payload } if channel == FRAMES_CHANNEL => {
+                    self.on_carried(&payload)
+                }
                 Signal::Notification { payload, .. } => self.on_notification(&payload),
                 Signal::Connected { reconnected } => {
                     if reconnected {
+                        // Notifications were missed: the firehose reads the table.
+                        self.inner.inbox().unknown_hole();
                         METRICS.listener_reconnects.inc();
                         self.inner
                             .reconnects
@@ -301,6 +519,14 @@ impl Hub {
     }
 
     fn on_notification(&self, payload: &str) {
+        {
+            // A doorbell whose statement sent no frames notification (a function body of
+            // an older release, during a rolling upgrade): its events are not in the inbox.
+            let mut inbox = self.inner.inbox();
+            if !std::mem::replace(&mut inbox.paired, false) {
+                inbox.unknown_hole();
+            }
+        }
         self.inner.firehose.send_modify(|n| *n = n.wrapping_add(1));
         if payload == "*" {
             self.resync_all();
@@ -337,6 +563,77 @@ impl Hub {
             }
         }
         if !pending.is_empty() {
+            self.inner.note_pending_since();
+            self.inner.wake_fetcher.notify_one();
+        }
+    }
+
+    /// A `jobcast_frames` notification: its events go to the job topics at once and to the
+    /// firehose inbox, which releases them in commit order.
+    fn on_carried(&self, payload: &str) {
+        let wanted = self.inner.inbox().active || !self.inner.topics().is_empty();
+        if !wanted {
+            // Nobody here follows anything: not worth parsing (64 pods parse every one).
+            self.inner.inbox().paired = true;
+            return;
+        }
+        let carried = match crate::db::events::parse_carried(payload) {
+            Ok(carried) => carried,
+            Err(reason) => {
+                // The doorbell that follows is then unpaired: everything is read.
+                tracing::warn!(%reason, "ignoring a malformed frames notification");
+                return;
+            }
+        };
+        if let Some(frames) = &carried.frames {
+            self.carry_to_topics(frames);
+        }
+        {
+            let mut inbox = self.inner.inbox();
+            inbox.paired = true;
+            inbox.take(carried);
+        }
+        self.inner.firehose.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A followed job's next events are broadcast at once, without reading the table; one
+    /// that does not follow the last seq broadcast (an earlier statement's events did not
+    /// fit) is read from the table as a doorbell would have it. The doorbell that follows
+    /// then names only events the hub already has.
+    fn carry_to_topics(&self, frames: &[Frame]) {
+        let notified_at = Some(Instant::now());
+        let mut topics = self.inner.topics();
+        let mut gaps = false;
+        for frame in frames {
+            let Some(topic) = topics.get_mut(&frame.job_id) else {
+                continue;
+            };
+            match topic.last_seq {
+                Some(seen) if frame.seq <= seen => continue,
+                Some(seen) if frame.seq > seen + 1 => {
+                    let mut pending = self.inner.pending();
+                    pending
+                        .entry(frame.job_id)
+                        .and_modify(|lowest| *lowest = (*lowest).min(seen + 1))
+                        .or_insert(seen + 1);
+                    gaps = true;
+                    continue;
+                }
+                // The next seq, or the hub never read this job: its subscribers know where
+                // they are and read the table on a gap (as with a doorbell's first read).
+                _ => {}
+            }
+            topic.last_seq = Some(frame.seq);
+            METRICS.hub_carried_events.inc();
+            let frame = Frame {
+                notified_at,
+                ..frame.clone()
+            };
+            // No receivers is fine: the last subscriber just left.
+            let _ = topic.sender.send(HubMessage::Frame(Arc::new(frame)));
+        }
+        drop(topics);
+        if gaps {
             self.inner.note_pending_since();
             self.inner.wake_fetcher.notify_one();
         }
@@ -404,6 +701,7 @@ impl Hub {
         notified_at: Option<Instant>,
     ) -> Result<(), crate::db::Error> {
         let client = self.inner.pool.get().await?;
+        METRICS.hub_table_reads.inc();
         let frames = read_events_after(&client, batch, FETCH_LIMIT).await?;
         drop(client);
         // Cut by the row limit or the byte budget: there may be more to read.
@@ -424,7 +722,7 @@ impl Hub {
                 ..frame
             };
             // No receivers is fine: the last subscriber just left.
-            let _ = topic.sender.send(HubMessage::Frame(Box::new(frame)));
+            let _ = topic.sender.send(HubMessage::Frame(Arc::new(frame)));
         }
         if full {
             // Cut short: read on from where each job got to, including jobs of which this

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub event_delivery_seconds: Histogram,
     /// Times this process re-established its LISTEN connection.
     pub listener_reconnects: IntCounter,
+    /// Reads of the events table by this process's hub (job topics and the firehose).
+    pub hub_table_reads: IntCounter,
+    /// Events the hub broadcast from a notification's payload, without reading the table.
+    pub hub_carried_events: IntCounter,
 }
 
 /// The metrics of this process.
@@ -47,11 +51,23 @@ impl Metrics {
             "Times this process re-established its LISTEN connection",
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let hub_table_reads = IntCounter::new(
+            "jobcast_hub_table_reads_total",
+            "Reads of the events table by this process's hub (job streams and the firehose)",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let hub_carried_events = IntCounter::new(
+            "jobcast_hub_carried_events_total",
+            "Events this process's hub took from a notification, without reading the table",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         for collector in [
             Box::new(sse_streams.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_delivered.clone()),
             Box::new(event_delivery_seconds.clone()),
             Box::new(listener_reconnects.clone()),
+            Box::new(hub_table_reads.clone()),
+            Box::new(hub_carried_events.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = registry.register(collector);
@@ -62,6 +78,8 @@ impl Metrics {
             events_delivered,
             event_delivery_seconds,
             listener_reconnects,
+            hub_table_reads,
+            hub_carried_events,
         }
     }
 }

@@ -88,6 +88,83 @@ fn parse_tags(text: Option<&str>) -> Option<std::sync::Arc<Vec<(String, String)>
     Some(std::sync::Arc::new(map.into_iter().collect()))
 }
 
+/// What a `jobcast_frames` notification says (see `jobcast.notify_events`): the writing
+/// transaction, the oldest older transaction still running when it wrote, and the events,
+/// unless they did not fit.
+#[derive(Debug)]
+pub struct Carried {
+    /// The writing transaction's xid8.
+    pub xid: u64,
+    /// The oldest transaction older than `xid` that was still running (None: none was).
+    pub older: Option<u64>,
+    /// The events, in insert order; None when they did not fit (read them from the table).
+    pub frames: Option<Vec<Frame>>,
+}
+
+/// Parses a `jobcast_frames` payload: `{"x": XID, "o": OLDER, "f": [[job_id, seq, type, id,
+/// tenant, data], ...]}`, `data` exactly as the table gives it as text.
+pub fn parse_carried(payload: &str) -> std::result::Result<Carried, String> {
+    type Entry<'a> = (
+        i64,
+        i32,
+        String,
+        i64,
+        String,
+        &'a serde_json::value::RawValue,
+    );
+    #[derive(serde::Deserialize)]
+    struct Payload<'a> {
+        x: String,
+        o: Option<String>,
+        t: Option<i32>,
+        #[serde(borrow)]
+        f: Option<Vec<Entry<'a>>>,
+    }
+    /// The parts of `data` a frame keeps apart.
+    #[derive(serde::Deserialize)]
+    struct Parts {
+        at: Option<String>,
+        queue: Option<String>,
+        kind: Option<String>,
+        tags: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let parse_xid = |xid: &str| xid.parse::<u64>().map_err(|_| format!("xid {xid:?}"));
+    let payload: Payload = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+    let xid = parse_xid(&payload.x)?;
+    let older = payload.o.as_deref().map(parse_xid).transpose()?;
+    let frames = match payload.f {
+        None => None,
+        Some(entries) => Some(
+            entries
+                .into_iter()
+                .map(|(job_id, seq, event_type, id, tenant, data)| {
+                    let parts: Parts =
+                        serde_json::from_str(data.get()).map_err(|e| e.to_string())?;
+                    Ok(Frame {
+                        job_id,
+                        seq,
+                        event_type: ByteString::from(event_type),
+                        data: ByteString::from(data.get()),
+                        at: parts.at.and_then(|t| {
+                            DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())
+                        }),
+                        notified_at: None,
+                        cursor: Cursor { xid, id },
+                        queue: parts.queue.map(ByteString::from),
+                        kind: parts.kind.map(ByteString::from),
+                        tenant: Some(ByteString::from(tenant)),
+                        tags: parts
+                            .tags
+                            .map(|tags| std::sync::Arc::new(tags.into_iter().collect())),
+                        timeline: payload.t.unwrap_or(0),
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()?,
+        ),
+    };
+    Ok(Carried { xid, older, frames })
+}
+
 /// A position in the firehose: (transaction id, event id), ordered. Events are read only
 /// once their transaction is older than every running one, so a cursor never jumps over
 /// an event that commits later.
@@ -292,6 +369,20 @@ pub async fn firehose_page(
 }
 
 impl Cursor {
+    /// The least position after this one.
+    pub fn next(self) -> Option<Cursor> {
+        if self.id < i64::MAX {
+            Some(Cursor {
+                xid: self.xid,
+                id: self.id + 1,
+            })
+        } else {
+            self.xid
+                .checked_add(1)
+                .map(|xid| Cursor { xid, id: i64::MIN })
+        }
+    }
+
     /// The position after every event of transactions below `xid`.
     pub fn below(xid: u64) -> Cursor {
         Cursor {

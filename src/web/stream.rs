@@ -166,7 +166,7 @@ struct JobFollower {
     check_history: bool,
     /// The database timeline the events written so far were read on.
     timeline: i32,
-    backlog: VecDeque<Frame>,
+    backlog: VecDeque<Arc<Frame>>,
     read_table: bool,
     done: bool,
     subscription: Subscription,
@@ -240,7 +240,7 @@ impl JobFollower {
                 message = self.subscription.recv() => match message {
                     Ok(HubMessage::Frame(frame)) if frame.seq <= self.last_seq => {}
                     Ok(HubMessage::Frame(frame)) if frame.seq == self.last_seq + 1 => {
-                        self.backlog.push_back(*frame);
+                        self.backlog.push_back(frame);
                     }
                     // A gap, a resync or lagging behind: the table has everything.
                     Ok(_) | Err(RecvError::Lagged(_)) => self.read_table = true,
@@ -279,7 +279,7 @@ impl JobFollower {
         // anything, until a read comes back empty. (The next page is read only once this
         // one has been written out.)
         self.read_table = !frames.is_empty();
-        self.backlog.extend(frames);
+        self.backlog.extend(frames.into_iter().map(Arc::new));
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ mod exec;
 mod failover;
 mod firehose;
 mod flow;
+mod frames;
 mod hardening;
 mod health;
 mod hub_cursor;
