@@ -30,6 +30,9 @@ const FIREHOSE_CAPACITY: usize = 256;
 const FIREHOSE_PAGE: i32 = 500;
 /// How often the firehose reader looks for events even without a notification.
 pub const FIREHOSE_POLL: Duration = Duration::from_millis(250);
+/// How often it reads the table anyway while notifications carry every event (no hole, no
+/// event held back): for events inserted with triggers disabled (a restore, a replica role).
+const FIREHOSE_SWEEP: Duration = Duration::from_secs(2);
 /// The first recheck after a notified firehose read found nothing readable (then doubling).
 /// Under load a notification comes sooner; at 5 ms the rechecks themselves cost the progress
 /// scenario a third of its events/s (`scripts/bench progress`), at 20 ms nothing measurable.
@@ -350,7 +353,7 @@ impl Hub {
             let notified = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = changes.changed() => true,
-                _ = tokio::time::sleep(recheck.unwrap_or(FIREHOSE_POLL)) => false,
+                _ = tokio::time::sleep(recheck.unwrap_or_else(|| self.idle_read_every())) => false,
             };
             if self.inner.firehose_pages.receiver_count() == 0 {
                 // Nobody follows: start again from "now" when someone does (followers
@@ -403,6 +406,16 @@ impl Hub {
                     recheck = None;
                 }
             }
+        }
+    }
+
+    /// How long the firehose reader waits for a notification before reading the table.
+    fn idle_read_every(&self) -> Duration {
+        let inbox = self.inner.inbox();
+        if inbox.active && inbox.holes.is_empty() && inbox.frames.is_empty() {
+            FIREHOSE_SWEEP
+        } else {
+            FIREHOSE_POLL
         }
     }
 
