@@ -105,8 +105,15 @@ async fn listen_once(
         "connection closed".to_owned()
     });
     let _abort_driver = AbortOnDrop(driver.abort_handle());
+    // The server's side of this connection too gives up on a dead peer in seconds: until
+    // its backend goes, PostgreSQL cannot free the notifications it has not read, and
+    // notifications carry events (a dead pod's backend would otherwise hold the queue for
+    // the OS's two hours of keepalive; a full queue fails every notifying commit).
     client
-        .batch_execute(listen_sql)
+        .batch_execute(&format!(
+            "set tcp_keepalives_idle = 10; set tcp_keepalives_interval = 5; \
+             set tcp_keepalives_count = 3; set tcp_user_timeout = 30000; {listen_sql}"
+        ))
         .await
         .map_err(|e| crate::db::one_line(&e))?;
     connected.store(true, Ordering::SeqCst);

@@ -128,6 +128,19 @@ async fn database_part(state: &WebState) -> Result<String, ApiError> {
             "# HELP jobcast_{name}_total {help}\n# TYPE jobcast_{name}_total counter\njobcast_{name}_total {value}\n"
         );
     }
+    // Events travel in notifications: a listener that stops reading (a pod frozen with its
+    // connection open) keeps PostgreSQL from freeing the queue, and a full queue fails
+    // every commit that notifies. Alert well before 1.
+    let row = crate::db::query_one(&client, "select pg_notification_queue_usage()", &[])
+        .await
+        .map_err(crate::db::Error::from)?;
+    let usage: f64 = row.get(0);
+    let _ = write!(
+        text,
+        "# HELP jobcast_notify_queue_usage Fraction of PostgreSQL's NOTIFY queue in use \
+         (commits that notify fail at 1)\n# TYPE jobcast_notify_queue_usage gauge\n\
+         jobcast_notify_queue_usage {usage}\n"
+    );
     super::queues::render_kinds_without_worker(&client, &mut text).await?;
     Ok(text)
 }

@@ -58,6 +58,8 @@ done"#;
     let carried = metric(&after, "jobcast_hub_carried_events_total")
         - metric(&before, "jobcast_hub_carried_events_total");
     eprintln!("job stream: {reads} table reads, {carried} events carried");
+    let usage = metric(&after, "jobcast_notify_queue_usage");
+    assert!((0.0..0.5).contains(&usage), "NOTIFY queue usage {usage}");
     // started + 32 small progress events + succeeded travel in notifications; the 8 large
     // ones are read, and each read may find a later small event already committed.
     assert!(
