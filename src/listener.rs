@@ -109,11 +109,16 @@ async fn listen_once(
     // its backend goes, PostgreSQL cannot free the notifications it has not read, and
     // notifications carry events (a dead pod's backend would otherwise hold the queue for
     // the OS's two hours of keepalive; a full queue fails every notifying commit).
+    // (LISTEN on its own, last: pg_stat_activity shows it as the connection's query.)
     client
-        .batch_execute(&format!(
+        .batch_execute(
             "set tcp_keepalives_idle = 10; set tcp_keepalives_interval = 5; \
-             set tcp_keepalives_count = 3; set tcp_user_timeout = 30000; {listen_sql}"
-        ))
+             set tcp_keepalives_count = 3; set tcp_user_timeout = 30000",
+        )
+        .await
+        .map_err(|e| crate::db::one_line(&e))?;
+    client
+        .batch_execute(listen_sql)
         .await
         .map_err(|e| crate::db::one_line(&e))?;
     connected.store(true, Ordering::SeqCst);
