@@ -60,24 +60,34 @@ $$;
 -- Then, on `jobcast_events`, the doorbell "job_id:first_seq:last_seq,..." (what releases
 -- before 0.2 listen to): consecutive job ids with the same seqs share one entry
 -- "FIRST_ID-LAST_ID:FIRST_SEQ:LAST_SEQ"; over 7,000 bytes it is "*" (re-read everything).
--- The table stays the truth for replay, resume and every gap.
+-- The table stays the truth for replay, resume and every gap. While no pod carries events
+-- (a row of jobcast.carriers, kept fresh by pods with followers), only the doorbell goes.
 create or replace function jobcast.notify_events() returns trigger
 language plpgsql as $$
 declare
     payload text;
     frames text;
-    me xid8 := pg_current_xact_id();
+    me xid8;
     older xid8;
     snap pg_snapshot;
+    carried boolean := exists (select 1 from jobcast.carriers c where c.until > now());
+    quiet boolean := coalesce(current_setting('jobcast.notify', true), '') = 'off';
 begin
-    -- In a transaction whose snapshot is older than its xid (repeatable read), transactions
-    -- between the snapshot's xmax and this one are unknown: count them as running.
-    snap := pg_current_snapshot();
-    select min(x) into older from pg_snapshot_xip(snap) as x where x < me;
-    if pg_snapshot_xmax(snap) < me then
-        older := least(older, pg_snapshot_xmax(snap));
+    if not carried and quiet then
+        return null;
     end if;
-    if coalesce(current_setting('jobcast.notify', true), '') = 'off' then
+    if carried then
+        me := pg_current_xact_id();
+        -- In a transaction whose snapshot is older than its xid (repeatable read),
+        -- transactions between the snapshot's xmax and this one are unknown: count them as
+        -- running.
+        snap := pg_current_snapshot();
+        select min(x) into older from pg_snapshot_xip(snap) as x where x < me;
+        if pg_snapshot_xmax(snap) < me then
+            older := least(older, pg_snapshot_xmax(snap));
+        end if;
+    end if;
+    if quiet then
         -- Bulk loads: no doorbell, but pods must still learn that the firehose has events
         -- here they did not carry (one small notification per transaction: same text).
         perform pg_notify('jobcast_frames',
@@ -100,24 +110,43 @@ begin
     if octet_length(payload) > 7000 then
         payload := '*';
     end if;
-    if (select count(*) <= 48 and sum(pg_column_size(e.data)) <= 5000 from new_events e) then
-        select string_agg(format('[%s,%s,%s,%s,%s,%s]', e.job_id, e.seq, to_json(e.type), e.id,
-                                 to_json(coalesce((select j.tenant from jobcast.jobs j
-                                                    where j.id = e.job_id), 'default')),
-                                 e.data),
-                          ',' order by e.id)
-          into frames
-          from new_events e;
+    if carried then
+        if (select count(*) <= 48 and sum(pg_column_size(e.data)) <= 5000 from new_events e) then
+            select string_agg(format('[%s,%s,%s,%s,%s,%s]', e.job_id, e.seq, to_json(e.type),
+                                     e.id,
+                                     to_json(coalesce((select j.tenant from jobcast.jobs j
+                                                        where j.id = e.job_id), 'default')),
+                                     e.data),
+                              ',' order by e.id)
+              into frames
+              from new_events e;
+        end if;
+        if frames is not null and octet_length(frames) > 7800 then
+            frames := null;
+        end if;
+        perform pg_notify('jobcast_frames',
+                          format('{"x":"%s","o":%s%s}', me, coalesce('"' || older || '"', 'null'),
+                                 coalesce(',"t":' || jobcast.timeline() || ',"f":[' || frames
+                                          || ']', '')));
     end if;
-    if frames is not null and octet_length(frames) > 7800 then
-        frames := null;
-    end if;
-    perform pg_notify('jobcast_frames',
-                      format('{"x":"%s","o":%s%s}', me, coalesce('"' || older || '"', 'null'),
-                             coalesce(',"t":' || jobcast.timeline() || ',"f":[' || frames || ']',
-                                      '')));
     perform pg_notify('jobcast_events', payload);
     return null;
+end
+$$;
+
+-- A pod that carries events says so for `p_secs` seconds (it renews its row while it has
+-- followers); `p_secs` 0 withdraws it.
+create or replace function jobcast.carry(p_pod text, p_secs integer) returns void
+language plpgsql as $$
+begin
+    if p_secs <= 0 then
+        delete from jobcast.carriers where pod = p_pod;
+    else
+        insert into jobcast.carriers (pod, until)
+        values (p_pod, now() + make_interval(secs => p_secs))
+        on conflict (pod) do update set until = excluded.until;
+        delete from jobcast.carriers where until < now() - interval '1 minute';
+    end if;
 end
 $$;
 

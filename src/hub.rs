@@ -77,7 +77,14 @@ struct Inner {
     firehose_pages: broadcast::Sender<Arc<FirehosePage>>,
     /// Events carried by notifications, waiting for the firehose reader.
     inbox: Mutex<Inbox>,
+    /// Wakes the task that keeps this pod's row in `jobcast.carriers`.
+    wake_carrier: Notify,
 }
+
+/// How long a pod's row in `jobcast.carriers` holds without renewal, and how often a pod
+/// with followers renews it.
+const CARRY_FOR_SECS: i32 = 10;
+const CARRY_RENEW: Duration = Duration::from_secs(2);
 
 /// Most carried events the firehose inbox holds back (an old transaction still running keeps
 /// them from being released); past that it forgets them and the reader reads the table.
@@ -283,6 +290,7 @@ impl Hub {
                 topics: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 wake_fetcher: Notify::new(),
+                wake_carrier: Notify::new(),
                 pending_since: Mutex::new(None),
                 connected,
                 firehose,
@@ -293,6 +301,7 @@ impl Hub {
         };
         tokio::spawn(hub.clone().route_signals(signals));
         tokio::spawn(hub.clone().fetch_loop());
+        tokio::spawn(hub.clone().carry_loop(shutdown_for_firehose.clone()));
         tokio::spawn(hub.clone().firehose_loop(shutdown_for_firehose));
         hub
     }
@@ -310,6 +319,9 @@ impl Hub {
     /// Follows one job. Subscribe before reading the table so nothing falls in between.
     pub fn subscribe(&self, job_id: i64) -> Subscription {
         let mut topics = self.inner.topics();
+        if topics.is_empty() {
+            self.inner.wake_carrier.notify_one();
+        }
         let topic = topics.entry(job_id).or_insert_with(|| Topic {
             sender: broadcast::channel(TOPIC_CAPACITY).0,
             last_seq: None,
@@ -366,6 +378,7 @@ impl Hub {
             }
             if position.is_none() {
                 self.inner.inbox().activate();
+                self.inner.wake_carrier.notify_one();
             }
             if let (true, Some(at)) = (notified, position) {
                 // The events notifications carried, when no table read is needed first.
@@ -405,6 +418,52 @@ impl Hub {
                     self.inner.inbox().deactivate();
                     recheck = None;
                 }
+            }
+        }
+    }
+
+    /// Keeps this pod's row in `jobcast.carriers` while it follows anything, so that writers
+    /// put their events in notifications only while some pod takes them from there. A pod
+    /// not (yet) registered gets doorbells without frames and reads the table: correct,
+    /// only slower.
+    async fn carry_loop(self, shutdown: CancellationToken) {
+        let pod = crate::worker::worker_id();
+        let mut registered = false;
+        loop {
+            let wanted = self.inner.inbox().active || !self.inner.topics().is_empty();
+            if wanted || registered {
+                let secs = if wanted { CARRY_FOR_SECS } else { 0 };
+                let done = crate::db::deadline(async {
+                    let client = self.inner.pool.get().await?;
+                    crate::db::execute(&client, "select jobcast.carry($1, $2)", &[&pod, &secs])
+                        .await
+                        .map_err(crate::db::Error::from)
+                })
+                .await;
+                match done {
+                    Ok(_) => registered = wanted,
+                    Err(reason) => {
+                        // Writers may stop carrying for us: whatever comes unpaired is read.
+                        tracing::debug!(%reason, "renewing this pod's carrier row failed");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    if registered {
+                        if let Ok(client) = self.inner.pool.get().await {
+                            let _ = crate::db::execute(
+                                &client,
+                                "select jobcast.carry($1, 0)",
+                                &[&pod, &0i32],
+                            )
+                            .await;
+                        }
+                    }
+                    return;
+                }
+                _ = self.inner.wake_carrier.notified() => {}
+                _ = tokio::time::sleep(CARRY_RENEW) => {}
             }
         }
     }

@@ -135,3 +135,80 @@ async fn a_firehose_takes_carried_events_in_commit_order_without_reading_the_tab
         "{reads} table reads for {delivered} events"
     );
 }
+
+#[tokio::test]
+async fn writers_carry_events_only_while_some_pod_takes_them() {
+    let db = TestDb::new().await;
+    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.channel().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute("listen jobcast_frames; listen jobcast_events")
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let enqueue = "select count(*) from jobcast.enqueue_jobs('[{\"kind\": \"demo.echo\"}]')";
+    let channels = |heard: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let mut got = Vec::new();
+        while let Ok(channel) = heard.try_recv() {
+            got.push(channel);
+        }
+        got
+    };
+
+    // No pod follows anything (one runs, idle): the doorbell alone.
+    let serve = Proc::serve(&db.url, &["--heartbeat-secs", "1"]);
+    client.batch_execute(enqueue).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(channels(&mut heard), ["jobcast_events"]);
+
+    // A follower on that pod: its row in jobcast.carriers, and writers carry events.
+    let mut firehose = Sse::open(serve.url(), "/v1/events", None).await;
+    assert_eq!(firehose.status, 200);
+    eventually("the pod registers as a carrier", T, || async {
+        let row = client
+            .query_one(
+                "select count(*) from jobcast.carriers where until > now()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await;
+    client.batch_execute(enqueue).await.unwrap();
+    let queued = firehose
+        .next(T)
+        .await
+        .expect("the firehose delivers the new job");
+    assert_eq!(queued.event, "queued");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(channels(&mut heard), ["jobcast_frames", "jobcast_events"]);
+
+    // The follower leaves: the pod withdraws within a renewal, and writers stop carrying.
+    drop(firehose);
+    eventually("the pod withdraws", T, || async {
+        let row = client
+            .query_one(
+                "select count(*) from jobcast.carriers where until > now()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) == 0).then_some(())
+    })
+    .await;
+    channels(&mut heard);
+    client.batch_execute(enqueue).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(channels(&mut heard), ["jobcast_events"]);
+}
