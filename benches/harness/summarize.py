@@ -4,7 +4,7 @@
 usage: summarize.py RUN_DIR [--md]
 
 Per phase: offered (enqueue) and completion rate (mean of the 5 s samples, summed over
-replicas), claim p99 (median and max of the adapter's 30 s-window p99 samples; max over
+replicas; for jobcast the completion rate is cluster-wide in every replica: max), claim p99 (median and max of the adapter's 30 s-window p99 samples; max over
 replicas), queue depth at the end, dead tuples of the declared tables at the end (sum) and
 their peak, and the declared tables' total size (heap + indexes + toast) at the end.
 Recovery time: seconds from the start of the phase after the stress phase until the first
@@ -38,7 +38,7 @@ for r in csv.DictReader(open(os.path.join(run_dir, "raw.csv"))):
     if v is None:
         continue
     if r["subject_kind"] == "adapter":
-        adapter[ph][r["metric"]].setdefault(r["sampled_at"], []).append((t, v))
+        adapter[ph][r["metric"]].setdefault(r["sampled_at"][:19], []).append((t, v))
     elif r["subject_kind"] in ("table", "index"):
         tables[ph][(r["metric"], r["subject"])].append((t, v))
 
@@ -68,9 +68,14 @@ def peak_sum(ph, metric):
     return max(by_t.values()) if by_t else None
 
 
+# jobcast's adapter reads completions from the shared event log: every replica reports the
+# cluster-wide completion rate, so replicas are not summed (max); the peers' adapters count
+# their own handler runs (summed).
+COMPLETION_AGG = max if system == "jobcast" else sum
+
 rows = []
 for ph in order:
-    comp = [v for _, v in series(ph, "completion_rate", sum)]
+    comp = [v for _, v in series(ph, "completion_rate", COMPLETION_AGG)]
     enq = [v for _, v in series(ph, "enqueue_rate", sum)]
     p99 = [v for _, v in series(ph, "claim_p99_ms", max)]
     depth = [v for _, v in series(ph, "queue_depth", max)]
