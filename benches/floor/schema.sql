@@ -13,6 +13,8 @@ create table floor.jobs (
 ) with (fillfactor = 70);
 -- The claim's order: queued jobs by id (a partial index, as every PostgreSQL queue has one).
 create index floor_jobs_queued on floor.jobs (id) where status = 'q';
+-- The completion's: a worker's running jobs.
+create index floor_jobs_running on floor.jobs (worker) where status = 'r';
 create table floor.events (
     job_id  bigint not null,
     seq     integer not null,
