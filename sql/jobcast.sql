@@ -57,6 +57,7 @@ $$;
 -- no older transaction can still add events before them (OLDER tells when). Without "f"
 -- (too large), XID says up to where the pod must read the table. Sizes are checked on the
 -- stored form first, so a large batch costs no text conversion.
+-- ("q": true marks one with no doorbell after it: jobcast.notify is 'off'.)
 -- Then, on `jobcast_events`, the doorbell "job_id:first_seq:last_seq,..." (what releases
 -- before 0.2 listen to): consecutive job ids with the same seqs share one entry
 -- "FIRST_ID-LAST_ID:FIRST_SEQ:LAST_SEQ"; over 7,000 bytes it is "*" (re-read everything).
@@ -91,7 +92,8 @@ begin
         -- Bulk loads: no doorbell, but pods must still learn that the firehose has events
         -- here they did not carry (one small notification per transaction: same text).
         perform pg_notify('jobcast_frames',
-                          format('{"x":"%s","o":%s}', me, coalesce('"' || older || '"', 'null')));
+                          format('{"x":"%s","o":%s,"q":true}', me,
+                                 coalesce('"' || older || '"', 'null')));
         return null;
     end if;
     select string_agg(case when r.lo = r.hi then r.lo::text else r.lo || '-' || r.hi end

@@ -646,7 +646,7 @@ impl Hub {
         let wanted = self.inner.inbox().active || !self.inner.topics().is_empty();
         if !wanted {
             // Nobody here follows anything: not worth parsing (64 pods parse every one).
-            self.inner.inbox().paired = true;
+            self.inner.inbox().paired |= !payload.contains("\"q\":true");
             return;
         }
         let carried = match crate::db::events::parse_carried(payload) {
@@ -662,7 +662,8 @@ impl Hub {
         }
         {
             let mut inbox = self.inner.inbox();
-            inbox.paired = true;
+            // A quiet statement's marker has no doorbell after it to pair with.
+            inbox.paired |= !carried.quiet;
             inbox.take(carried);
         }
         self.inner.firehose.send_modify(|n| *n = n.wrapping_add(1));

@@ -99,6 +99,8 @@ pub struct Carried {
     pub older: Option<u64>,
     /// The events, in insert order; None when they did not fit (read them from the table).
     pub frames: Option<Vec<Frame>>,
+    /// Whether no doorbell follows (events inserted with `jobcast.notify` off).
+    pub quiet: bool,
 }
 
 /// Parses a `jobcast_frames` payload: `{"x": XID, "o": OLDER, "f": [[job_id, seq, type, id,
@@ -117,6 +119,8 @@ pub fn parse_carried(payload: &str) -> std::result::Result<Carried, String> {
         x: String,
         o: Option<String>,
         t: Option<i32>,
+        #[serde(default)]
+        q: bool,
         #[serde(borrow)]
         f: Option<Vec<Entry<'a>>>,
     }
@@ -162,7 +166,12 @@ pub fn parse_carried(payload: &str) -> std::result::Result<Carried, String> {
                 .collect::<std::result::Result<Vec<_>, String>>()?,
         ),
     };
-    Ok(Carried { xid, older, frames })
+    Ok(Carried {
+        xid,
+        older,
+        frames,
+        quiet: payload.q,
+    })
 }
 
 /// A position in the firehose: (transaction id, event id), ordered. Events are read only

@@ -212,3 +212,51 @@ async fn writers_carry_events_only_while_some_pod_takes_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(channels(&mut heard), ["jobcast_events"]);
 }
+
+/// A bulk load with `jobcast.notify = 'off'` sends no doorbell, but an open firehose must not
+/// move past its events: the statement's small marker makes the pod read the table.
+#[tokio::test]
+async fn events_inserted_quietly_still_reach_an_open_firehose() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let mut firehose = Sse::open(serve.url(), "/v1/events?kind=bulk", None).await;
+    assert_eq!(firehose.status, 200);
+    let client = db.client().await;
+    eventually("the pod registers as a carrier", T, || async {
+        let row = client
+            .query_one(
+                "select count(*) from jobcast.carriers where until > now()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await;
+    client
+        .batch_execute(
+            "begin;
+             set local jobcast.notify = 'off';
+             select count(*) from jobcast.enqueue_jobs(
+                 (select jsonb_agg('{\"kind\": \"bulk\"}'::jsonb) from generate_series(1, 3)));
+             commit;",
+        )
+        .await
+        .unwrap();
+    // Then ordinary traffic whose notifications would otherwise carry the firehose past them.
+    for _ in 0..3 {
+        submit_ok(serve.url(), json!({"kind": "demo.echo"})).await;
+    }
+    let started = std::time::Instant::now();
+    let mut bulk = 0;
+    while bulk < 3 {
+        let event = firehose.next(T).await.expect("the firehose ended");
+        assert_eq!(event.data["kind"], "bulk");
+        bulk += 1;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the quiet events took {:?}",
+        started.elapsed()
+    );
+}
