@@ -8,8 +8,8 @@ replicas; for jobcast the completion rate is cluster-wide in every replica: max)
 replicas), queue depth at the end, dead tuples of the declared tables at the end (sum) and
 their peak, and the declared tables' total size (heap + indexes + toast) at the end.
 Recovery time: seconds from the start of the phase after the stress phase until the first
-sample whose claim p99 is <= 1.5x the clean phase's median p99 and whose queue depth is
-<= max(2x the clean phase's largest depth, 200) (the 30 s p99 window makes this >= ~5 s
+sample whose claim p99 is <= 1.5x the clean phase's median p99, whose queue depth is
+<= max(2x the clean phase's largest depth, 200) and whose completion rate is >= half the offered (the 30 s p99 window makes this >= ~5 s
 late).
 """
 from __future__ import annotations
@@ -103,10 +103,14 @@ if clean and stress_idx is not None:
     rec_phase = order[-1]
     p99s = dict(series(rec_phase, "claim_p99_ms", max))
     depths = dict(series(rec_phase, "queue_depth", max))
+    comps = dict(series(rec_phase, "completion_rate", COMPLETION_AGG))
+    enqs = dict(series(rec_phase, "enqueue_rate", sum))
     start = min(p99s) if p99s else None
-    # phase start ~ first sample minus one period
+    # phase start ~ first sample minus one period; a sample with (almost) no completions
+    # has an empty latency window (p99 0): not recovered.
     for t in sorted(p99s):
-        if p99s[t] <= p99_ok and depths.get(t, 0) <= depth_ok:
+        if (0 < p99s[t] <= p99_ok and depths.get(t, 0) <= depth_ok
+                and comps.get(t, 0) >= 0.5 * enqs.get(t, 0)):
             recovery_s = round(t - start + 5, 1)
             break
 
