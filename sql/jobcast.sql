@@ -936,10 +936,18 @@ $$;
 
 -- Extend the leases of p_worker's running attempts. Returns the ids still held; a job
 -- missing from the result was cancelled or taken away, and its handler must stop.
+-- A heartbeat waits at most 100 ms for a row lock, then fails (the worker tries again at its
+-- next beat, without stopping anything): it locks the worker's running rows in whatever
+-- order its join takes them, and so does the worker's own group commit completing some of
+-- them, which made PostgreSQL abort one of the two as a deadlock after a second (issue 23's
+-- harness, chaos_pool_exhaustion). Giving up first, the heartbeat is never the cycle's
+-- second half for long enough to be detected.
 create or replace function jobcast.heartbeat_jobs(
     p_worker text, p_job_ids bigint[], p_attempts integer[], p_lease_secs double precision
 ) returns table (job_id bigint)
-language sql as $$
+language sql
+set lock_timeout = '100ms'
+as $$
     with held as (
         update jobcast.running r
            set lease_until = now() + make_interval(secs => p_lease_secs)

@@ -788,3 +788,50 @@ async fn a_group_commit_is_capped_in_bytes() {
         .get(0);
     assert_eq!(events, 96);
 }
+
+/// A heartbeat and the worker's own group commit lock the same running rows in different
+/// orders; the harness of issue 23 saw PostgreSQL abort the commit as a deadlock. A
+/// heartbeat now gives up on a locked row within 100 ms instead of waiting into a cycle.
+#[tokio::test]
+async fn a_heartbeat_gives_up_on_a_locked_row_instead_of_waiting() {
+    let db = TestDb::new().await;
+    let pool = jobcast::db::pool(&db.url, "heartbeat-test", 2).unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute("select count(*) from jobcast.enqueue_jobs('[{\"kind\": \"demo.echo\"}]')")
+        .await
+        .unwrap();
+    let claimed =
+        jobcast::db::jobs::claim_jobs(&client, &["default".to_owned()], None, "w1", 1, 30.0)
+            .await
+            .unwrap();
+    let (id, attempt): (i64, i32) = (claimed[0].id.parse().unwrap(), claimed[0].attempt);
+    // Another transaction holds the running row (as a group commit completing it does).
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "select 1 from jobcast.running where id = $1 for update",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let beat = tokio::time::timeout(
+        Duration::from_secs(5),
+        jobcast::db::jobs::heartbeat_jobs(&client, "w1", &[(id, attempt)], 30.0),
+    )
+    .await
+    .expect("the heartbeat waited on the locked row");
+    assert!(beat.is_err(), "{beat:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    tx.rollback().await.unwrap();
+    // Once the row is free, the heartbeat holds the job again.
+    let held = jobcast::db::jobs::heartbeat_jobs(&client, "w1", &[(id, attempt)], 30.0)
+        .await
+        .unwrap();
+    assert_eq!(held, vec![id]);
+}
