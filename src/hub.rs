@@ -199,25 +199,26 @@ impl Inbox {
 
     /// The frames after `from` up to `limit`, in order, leaving later ones.
     fn release(&mut self, from: Cursor, limit: Cursor) -> Vec<Frame> {
-        let later = match limit.next() {
-            Some(next) => self.frames.split_off(&next),
-            None => std::collections::BTreeMap::new(),
-        };
-        let released = std::mem::replace(&mut self.frames, later);
-        released
+        let later = self.frames_after(limit);
+        std::mem::replace(&mut self.frames, later)
             .into_iter()
             .filter(|(cursor, _)| *cursor > from)
             .map(|(_, frame)| frame)
             .collect()
     }
 
+    /// Takes the frames after `cursor` out of `frames` (which keeps the rest).
+    fn frames_after(&mut self, cursor: Cursor) -> std::collections::BTreeMap<Cursor, Frame> {
+        match cursor.next() {
+            Some(next) => self.frames.split_off(&next),
+            None => std::collections::BTreeMap::new(),
+        }
+    }
+
     /// After the reader read the table up to `position`, every event below `horizon` (an
     /// xid) delivered.
     fn after_read(&mut self, position: Cursor, horizon: u64) {
-        self.frames = match position.next() {
-            Some(next) => self.frames.split_off(&next),
-            None => std::collections::BTreeMap::new(),
-        };
+        self.frames = self.frames_after(position);
         self.accounted = self.accounted.max(position);
         self.holes
             .retain(|h| h.resolved_at.is_none_or(|at| horizon < at));

@@ -136,6 +136,18 @@ async fn a_firehose_takes_carried_events_in_commit_order_without_reading_the_tab
     );
 }
 
+/// Pods registered as carrying events now (rows of `jobcast.carriers` still valid).
+async fn fresh_carriers(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "select count(*) from jobcast.carriers where until > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn writers_carry_events_only_while_some_pod_takes_them() {
     let db = TestDb::new().await;
@@ -175,14 +187,7 @@ async fn writers_carry_events_only_while_some_pod_takes_them() {
     let mut firehose = Sse::open(serve.url(), "/v1/events", None).await;
     assert_eq!(firehose.status, 200);
     eventually("the pod registers as a carrier", T, || async {
-        let row = client
-            .query_one(
-                "select count(*) from jobcast.carriers where until > now()",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get::<_, i64>(0) == 1).then_some(())
+        (fresh_carriers(&client).await == 1).then_some(())
     })
     .await;
     client.batch_execute(enqueue).await.unwrap();
@@ -197,14 +202,7 @@ async fn writers_carry_events_only_while_some_pod_takes_them() {
     // The follower leaves: the pod withdraws within a renewal, and writers stop carrying.
     drop(firehose);
     eventually("the pod withdraws", T, || async {
-        let row = client
-            .query_one(
-                "select count(*) from jobcast.carriers where until > now()",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get::<_, i64>(0) == 0).then_some(())
+        (fresh_carriers(&client).await == 0).then_some(())
     })
     .await;
     channels(&mut heard);
@@ -223,14 +221,7 @@ async fn events_inserted_quietly_still_reach_an_open_firehose() {
     assert_eq!(firehose.status, 200);
     let client = db.client().await;
     eventually("the pod registers as a carrier", T, || async {
-        let row = client
-            .query_one(
-                "select count(*) from jobcast.carriers where until > now()",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get::<_, i64>(0) == 1).then_some(())
+        (fresh_carriers(&client).await == 1).then_some(())
     })
     .await;
     client
