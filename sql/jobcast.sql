@@ -10,6 +10,16 @@
 -- attempt and worker) exactly while it runs. Locks go narrow tables first, then jobs rows,
 -- so that no two transitions wait on each other in opposite orders. A running attempt's
 -- fence is the delete (or update) of its jobcast.running row with its attempt and worker.
+--
+-- `set enable_seqscan = off` on every function of the producers' and workers' hot path: each
+-- of their statements reads rows by key, and PostgreSQL caches a session's plans. Planned on
+-- a fresh database (an empty table is estimated at 10 pages), the lookups by id were seq
+-- scans of jobcast.jobs, kept until autovacuum next analyzed the table: every claim and every
+-- enqueue read the whole table (issue 23's harness: 1,693 -> 91 jobs/s in the first minute;
+-- tests/it/plans.rs). Small tables without a usable index are still scanned: it is their
+-- only path. `jit = off` with it: PostgreSQL 15 prices a disabled seq scan at 10^10, far
+-- above jit_above_cost, and JIT-compiled every such statement (tens of ms); none of these
+-- statements reads enough rows for JIT to pay.
 
 -- Declared no stricter than its body (to_char is stable) so that PostgreSQL inlines it: a
 -- function that is not inlined is planned and run on its own for every row.
@@ -213,7 +223,10 @@ do $$ begin
 end $$;
 create or replace function jobcast.enqueue_jobs(p_specs jsonb, p_tenant text default 'default')
 returns setof jobcast.jobs
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     new_ids bigint[];
 begin
@@ -284,7 +297,10 @@ create or replace function jobcast.enqueue_job(
     p_tenant text default 'default',
     out job jobcast.jobs, out created boolean
 )
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 begin
     if p_idempotency_key is not null then
         select * into job from jobcast.jobs
@@ -337,7 +353,10 @@ create or replace function jobcast.claim_jobs(
     p_queues text[], p_kinds text[], p_worker text, p_limit integer,
     p_lease_secs double precision
 ) returns setof jobcast.jobs
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     due_ids bigint[];
     active text[];
@@ -426,6 +445,8 @@ create or replace function jobcast.start_attempts(
     p_ids bigint[], p_worker text, p_lease_secs double precision
 ) returns setof jobcast.jobs
 language plpgsql
+set enable_seqscan = off
+set jit = off
 set plan_cache_mode = force_generic_plan
 as $$
 begin
@@ -463,7 +484,10 @@ $$;
 -- lines a second lands them in a few statements, not one row update per line).
 create or replace function jobcast.record_events(p_worker text, p_events jsonb)
 returns table (idx integer, seq integer)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     bad text;
 begin
@@ -504,9 +528,11 @@ begin
         -- a cancel or a reclaim that holds it (and whose transaction id may be older than
         -- this one's) ends the attempt before any event of ours can follow it, so the
         -- firehose's (xid, id) order stays each job's seq order.
+        -- (`r.id = any(...)` too: running rows are then fetched by key whatever plan the
+        -- join gets, never all of them; see tests/it/plans.rs.)
         select r.id, r.attempt from jobcast.running r
           join per_attempt p on r.id = p.job_id and r.attempt = p.attempt
-         where r.worker = p_worker
+         where r.worker = p_worker and r.id = any(array(select p.job_id from per_attempt p))
            for key share of r
     ), updated as (
         update jobcast.jobs j
@@ -550,7 +576,10 @@ $$;
 -- that succeeded; attempts no longer held by p_worker are refused.
 create or replace function jobcast.complete_jobs(p_worker text, p_results jsonb)
 returns table (job_id bigint)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     ids bigint[];
     attempts integer[];
@@ -612,7 +641,10 @@ create or replace function jobcast.fail_job(
     p_job_id bigint, p_attempt integer, p_worker text, p_error jsonb,
     p_retryable boolean, p_retry_delay_ms bigint
 ) returns setof jobcast.jobs
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     j jobcast.jobs;
     event_type text;
@@ -667,7 +699,10 @@ $$;
 -- retry_delay_ms}. Returns the ids whose failure was recorded; others were fenced out.
 create or replace function jobcast.fail_jobs(p_worker text, p_failures jsonb)
 returns table (job_id bigint)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     ids bigint[];
     retried bigint;
@@ -684,6 +719,7 @@ begin
         delete from jobcast.running r
          using input i
          where r.id = i.id and r.attempt = i.attempt and r.worker = p_worker
+           and r.id = any(array(select i.id from input i))
         returning i.*
     ), failed as (
         update jobcast.jobs j
@@ -753,7 +789,10 @@ $$;
 -- while the first try still commits waits for it on the ledger row.
 create or replace function jobcast.write_batch(p_batch_id text, p_worker text, p_ops jsonb)
 returns boolean[]
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     n integer := jsonb_array_length(p_ops);
     outcome boolean[];
@@ -809,7 +848,10 @@ $$;
 -- is off neither spins nor oversleeps.
 create or replace function jobcast.next_due_in(p_queues text[], p_kinds text[])
 returns double precision
-language plpgsql stable as $$
+language plpgsql stable
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     next_run_at timestamptz;
     kinds text[];
@@ -874,7 +916,10 @@ $$;
 -- is unknown or already terminal. A running attempt's worker is told on jobcast_cancel and
 -- is fenced out from then on.
 create or replace function jobcast.cancel_job(p_job_id bigint) returns setof jobcast.jobs
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     j jobcast.jobs;
     was_running boolean := false;
@@ -946,6 +991,8 @@ create or replace function jobcast.heartbeat_jobs(
     p_worker text, p_job_ids bigint[], p_attempts integer[], p_lease_secs double precision
 ) returns table (job_id bigint)
 language sql
+set enable_seqscan = off
+set jit = off
 set lock_timeout = '100ms'
 as $$
     with held as (
@@ -966,7 +1013,10 @@ $$;
 create or replace function jobcast.release_jobs(
     p_worker text, p_job_ids bigint[], p_attempts integer[]
 ) returns table (job_id bigint)
-language sql as $$
+language sql
+set enable_seqscan = off
+set jit = off
+as $$
     with ended as (
         delete from jobcast.running r
          using unnest(p_job_ids, p_attempts) as u(id, attempt)
@@ -1001,7 +1051,10 @@ $$;
 -- number of processes at once: SKIP LOCKED hands each expired job to one of them.
 create or replace function jobcast.reclaim_expired_leases(p_retry_base_ms bigint, p_limit integer)
 returns integer
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     j record;
     reclaimed integer := 0;
@@ -1142,7 +1195,10 @@ create or replace function jobcast.read_firehose(
     p_after_xid xid8, p_after_id bigint, p_queue text, p_kind text, p_limit integer
 ) returns table (xid xid8, id bigint, job_id bigint, seq integer, type text, data jsonb,
                  matches boolean)
-language plpgsql volatile as $$
+language plpgsql volatile
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     horizon xid8 := jobcast.firehose_horizon();
 begin
@@ -1164,7 +1220,10 @@ $$;
 create or replace function jobcast.firehose_page(
     p_after_xid xid8, p_after_id bigint, p_limit integer
 ) returns table (xid xid8, id bigint, job_id bigint, seq integer, type text, data jsonb)
-language plpgsql volatile as $$
+language plpgsql volatile
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     horizon xid8 := jobcast.firehose_horizon();
 begin
@@ -1188,7 +1247,10 @@ $$;
 -- claim is attempt n+1: max_attempts is raised to n+1 when it was used up. Returns nothing
 -- when the job is unknown, not failed/cancelled, or already at the 100-attempt ceiling.
 create or replace function jobcast.retry_job(p_job_id bigint) returns setof jobcast.jobs
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     j jobcast.jobs;
     was jobcast.job_status;
@@ -1355,7 +1417,10 @@ $$;
 create or replace function jobcast.job_hint(
     p_queue text, p_kind text, p_status jobcast.job_status, p_run_at timestamptz
 ) returns text
-language plpgsql stable as $$
+language plpgsql stable
+set enable_seqscan = off
+set jit = off
+as $$
 begin
     -- Most jobs are not queued: no query at all for them.
     if p_status <> 'queued' or p_run_at > now() then
@@ -1421,7 +1486,10 @@ $$;
 -- again on every call (five times the cost of the job's row for every GET /v1/jobs/ID);
 -- plpgsql keeps its plans per session.
 create or replace function jobcast.job_subscribers(p_job_id bigint) returns bigint
-language plpgsql stable as $$
+language plpgsql stable
+set enable_seqscan = off
+set jit = off
+as $$
 begin
     return (select coalesce(sum(c.streams), 0)::bigint
               from jobcast.stream_counts c
@@ -1491,7 +1559,10 @@ create or replace function jobcast.fire_schedule(
     p_tenant text, p_name text, p_slot timestamptz, p_spec jsonb, p_skip_overlap boolean,
     p_last_job_id bigint
 ) returns bigint
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     new_id bigint;
 begin
@@ -1531,7 +1602,10 @@ $$;
 -- running (the limit that counts is the one on the job being admitted), in claim order,
 -- and wakes the workers of their queues. Under the key's row lock. Returns how many.
 create or replace function jobcast.admit_key(p_tenant text, p_key text) returns integer
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     active_now integer;
     h record;
@@ -1569,7 +1643,10 @@ $$;
 -- admits what the freed slots allow. Keys in a fixed order: two transactions releasing the
 -- same keys never wait for each other in a cycle.
 create or replace function jobcast.release_keys(p_tenants text[], p_keys text[]) returns void
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     k record;
 begin
@@ -1588,7 +1665,10 @@ $$;
 -- Wakes the workers of those of `p_queues` that have a concurrency limit: a running job of
 -- theirs ended, so a slot is free (a worker waits for this instead of polling).
 create or replace function jobcast.wake_limited(p_queues text[]) returns void
-language sql as $$
+language sql
+set enable_seqscan = off
+set jit = off
+as $$
     select pg_notify('jobcast_jobs', q.name)
       from jobcast.queues q
      where q.name = any(p_queues) and q.concurrency is not null
@@ -1599,7 +1679,10 @@ $$;
 -- queue's row until the claim commits: the limits hold across every worker.
 create or replace function jobcast.queue_allowance(p_queue text, p_want integer)
 returns integer
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     q jobcast.queues;
     allowed integer := p_want;
@@ -1655,7 +1738,10 @@ $$;
 create or replace function jobcast.waiting_for(
     p_id bigint, p_queue text, p_status jobcast.job_status
 ) returns text
-language plpgsql stable as $$
+language plpgsql stable
+set enable_seqscan = off
+set jit = off
+as $$
 begin
     if p_status <> 'queued' then
         return null;

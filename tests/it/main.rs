@@ -28,6 +28,7 @@ mod load_balancer;
 mod operations;
 mod output;
 mod pgbouncer;
+mod plans;
 mod postgres_restart;
 mod proxies;
 mod races;
