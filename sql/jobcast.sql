@@ -1089,7 +1089,10 @@ $$;
 create or replace function jobcast.prune_finished(
     p_older_than interval, p_after_id bigint, p_scan integer
 ) returns table (pruned integer, next_after_id bigint)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off
+set jit = off
+as $$
 declare
     scanned bigint[];
 begin

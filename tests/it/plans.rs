@@ -80,6 +80,14 @@ async fn one_cycle(client: &tokio_postgres::Client, round: usize, reclaim: bool)
             .await
             .unwrap();
     }
+    // The retention pruner's page of ids (nothing is old enough to go).
+    client
+        .query(
+            "select pruned from jobcast.prune_finished('7 days', 0, 500)",
+            &[],
+        )
+        .await
+        .unwrap();
     let queued: i64 = client
         .query_one(
             "select id from jobcast.jobs where status = 'queued' order by id desc limit 1",
@@ -137,14 +145,15 @@ async fn plans_made_on_empty_tables_do_not_scan_them_whole_once_they_have_grown(
     worker.batch_execute("select 1").await.unwrap();
     worker.batch_execute("begin").await.unwrap();
     one_cycle(&worker, 8, false).await;
-    // Whole scans, and index scans that fetch far more rows than the cycle touches (a hash
-    // join over a full index scan would be as bad as a seq scan).
+    // Whole scans, and index scans that fetch far more rows than the cycle touches (about
+    // 1,050: the pruner's page of 500 is read twice). A hash join over a full index scan
+    // would be as bad as a seq scan.
     let scans: Vec<(String, i64, i64, i64)> = worker
         .query(
             "select relname::text, seq_scan, seq_tup_read, coalesce(idx_tup_fetch, 0)
                from pg_stat_xact_user_tables
               where schemaname = 'jobcast' and relname::text = any($1)
-                and (seq_scan > 0 or idx_tup_fetch > 1000)
+                and (seq_scan > 0 or idx_tup_fetch > 2000)
               order by relname",
             &[&KEYED.iter().map(|t| t.to_string()).collect::<Vec<_>>()],
         )
