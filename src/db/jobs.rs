@@ -197,17 +197,47 @@ pub async fn claim_jobs(
     limit: i32,
     lease_secs: f64,
 ) -> Result<Vec<Job>> {
-    let statement = "select * from jobcast.claim_jobs($1, $2, $3, $4, $5)";
+    Ok(
+        claim_jobs_from(client, queues, kinds, worker, limit, lease_secs, None)
+            .await?
+            .into_iter()
+            .map(|(job, _)| job)
+            .collect(),
+    )
+}
+
+/// [`claim_jobs`] from where `after` says this worker's last claims ended, per queue and
+/// kind (`[{queue, kind, priority, run_at, id}, ...]`; `None`: from the head of the claim
+/// index, see `jobcast.due_after`). Each job comes with its own position in that form, its
+/// `run_at` to the microsecond (the job's own `run_at` is rounded to the millisecond).
+pub async fn claim_jobs_from(
+    client: &impl GenericClient,
+    queues: &[String],
+    kinds: Option<&[String]>,
+    worker: &str,
+    limit: i32,
+    lease_secs: f64,
+    after: Option<&serde_json::Value>,
+) -> Result<Vec<(Job, serde_json::Value)>> {
+    let statement = "select * from jobcast.claim_jobs($1, $2, $3, $4, $5, $6)";
     let rows = super::query(
         client,
         statement,
-        &[&queues, &kinds, &worker, &limit, &lease_secs],
+        &[&queues, &kinds, &worker, &limit, &lease_secs, &after],
     )
     .await?;
-    Ok(rows
-        .iter()
-        .map(Job::from_row)
-        .collect::<std::result::Result<_, _>>()?)
+    rows.iter()
+        .map(|row| {
+            let run_at: chrono::DateTime<chrono::Utc> = row.try_get("run_at")?;
+            let job = Job::from_row(row)?;
+            let position = serde_json::json!({
+                "queue": job.queue, "kind": job.kind, "priority": job.priority,
+                "run_at": run_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "id": job.id,
+            });
+            Ok((job, position))
+        })
+        .collect()
 }
 
 /// `jobcast.next_due_in`: seconds until the earliest queued job of `queues` (and `kinds`)

@@ -18,6 +18,7 @@ use crate::db::{self, jobs::Failure};
 use crate::job::{Job, JobId};
 use crate::listener::{self, Signal};
 
+mod cursor;
 pub mod demo;
 pub mod exec;
 mod handler;
@@ -26,6 +27,7 @@ pub mod output;
 mod presence;
 pub mod writer;
 
+use cursor::ClaimCursor;
 pub use handler::{Handler, HandlerError, JobContext, Registry};
 use writer::{WriteOutcome, Writer};
 
@@ -241,6 +243,7 @@ async fn claim_loop(
     let in_flight = Arc::new(Semaphore::new(concurrency * IN_FLIGHT_PER_SLOT));
     let kinds = state.registry.kinds();
     let mut backoff = Duration::from_millis(100);
+    let mut cursor = ClaimCursor::default();
     loop {
         let first_slot = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -284,7 +287,7 @@ async fn claim_loop(
         }
         let wanted = permits.len();
         let claim_started = Instant::now();
-        let claimed = match claim(state, &kinds, wanted).await {
+        let claimed = match claim(state, &kinds, wanted, &mut cursor).await {
             Ok(claimed) => {
                 backoff = Duration::from_millis(100);
                 claimed
@@ -310,7 +313,13 @@ async fn claim_loop(
         drop(permits);
         while jobs.try_join_next().is_some() {}
         if got < wanted {
-            let wait = idle_wait(state, &kinds).await;
+            // Claiming from the cursor: the head of the claim index is slow to read (what
+            // `next_due_in` reads), so wait for a notification or the poll instead.
+            let wait = if cursor.after(Instant::now()).is_some() {
+                POLL_EVERY
+            } else {
+                idle_wait(state, &kinds).await
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wake.notified() => {}
@@ -320,20 +329,50 @@ async fn claim_loop(
     }
 }
 
-async fn claim(state: &State, kinds: &[String], wanted: usize) -> db::Result<Vec<Job>> {
-    db::deadline(async {
+async fn claim(
+    state: &State,
+    kinds: &[String],
+    wanted: usize,
+    cursor: &mut ClaimCursor,
+) -> db::Result<Vec<Job>> {
+    let after = cursor.after(Instant::now());
+    let from_cursor = after.is_some();
+    let result = db::deadline(async {
         let client = state.pool.get().await?;
-        db::jobs::claim_jobs(
+        // Timed from the statement alone: a wait for a pooled connection is not the index.
+        let started = Instant::now();
+        let claimed = db::jobs::claim_jobs_from(
             &client,
             &state.args.queues,
             Some(kinds),
             &state.worker_id,
             wanted as i32,
             state.args.lease_secs,
+            after.as_ref(),
         )
-        .await
+        .await?;
+        Ok((claimed, started))
     })
-    .await
+    .await;
+    let now = Instant::now();
+    match result {
+        Ok((claimed, started)) => {
+            cursor.claimed(
+                claimed.iter().map(|c| &c.1),
+                from_cursor,
+                now - started,
+                now,
+            );
+            Ok(claimed.into_iter().map(|c| c.0).collect())
+        }
+        Err(e) => {
+            if matches!(e, db::Error::TimedOut(_)) {
+                // A claim from the head that never ended is the slowest of all.
+                cursor.timed_out(from_cursor, now);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// How long to sleep when the queue is empty: until the next queued job is due by the

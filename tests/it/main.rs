@@ -19,6 +19,7 @@ mod flow;
 mod frames;
 mod hardening;
 mod health;
+mod held_xmin;
 mod hub_cursor;
 mod idempotency;
 mod keep_alive;

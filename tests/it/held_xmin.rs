@@ -1,0 +1,165 @@
+//! Claims while a transaction holds back vacuum (issue 23). The entries of claimed jobs in
+//! the claim index can then be neither removed nor marked dead, and a claim from the head
+//! visits every one of them; a claim from the worker's cursor (`jobcast.due_after`) starts
+//! past them, and still takes jobs in claim order.
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// Index entries of `jobcast.queued_claim` read by `statement` in a transaction of its own,
+/// and the ids it claimed, in order.
+async fn entries_read(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    after: Option<&Value>,
+) -> (i64, Vec<i64>) {
+    client
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    client.batch_execute("select 1").await.unwrap();
+    client.batch_execute("begin").await.unwrap();
+    let ids: Vec<i64> = client
+        .query(statement, &[&after])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let read: i64 = client
+        .query_one(
+            "select pg_stat_get_xact_tuples_returned('jobcast.queued_claim'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("commit").await.unwrap();
+    (read, ids)
+}
+
+#[tokio::test]
+async fn a_claim_from_the_cursor_skips_the_entries_a_held_xmin_keeps() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // Autovacuum could not remove anything anyway; off so that nothing else runs.
+    client
+        .batch_execute("alter table jobcast.queued set (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let holder = db.client().await;
+    holder
+        .batch_execute("begin; select txid_current();")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "select count(*) from jobcast.enqueue_jobs(
+                 (select jsonb_agg(jsonb_build_object('kind', 'k')) from generate_series(1, 3000)))",
+        )
+        .await
+        .unwrap();
+    // 2,500 claimed from the head, 100 at a time (as a worker would), the last one kept.
+    let mut last = Value::Null;
+    for _ in 0..25 {
+        let rows = client
+            .query(
+                "select id, priority, run_at::text from jobcast.claim_jobs('{default}', '{k}', 'w', 100, 30)",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 100);
+        let row = rows.last().unwrap();
+        last = json!({"queue": "default", "kind": "k", "id": row.get::<_, i64>(0).to_string(),
+                      "priority": row.get::<_, i16>(1), "run_at": row.get::<_, String>(2)});
+    }
+    let claim = "select id from jobcast.claim_jobs('{default}', '{k}', 'w', 10, 30, $1)";
+    let (from_head, head_ids) = entries_read(&client, claim, None).await;
+    let after = Value::Array(vec![last.clone()]);
+    let (from_cursor, cursor_ids) = entries_read(&client, claim, Some(&after)).await;
+    holder.batch_execute("commit").await.unwrap();
+    assert!(
+        from_head >= 2_500,
+        "a claim from the head read {from_head} entries: the held xmin did not keep the dead ones?"
+    );
+    assert!(
+        from_cursor <= 50,
+        "a claim from the cursor read {from_cursor} index entries (from the head: {from_head})"
+    );
+    // Both in claim order, the second right after the first.
+    let first: i64 = last["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(head_ids, (first + 1..first + 11).collect::<Vec<_>>());
+    assert_eq!(cursor_ids, (first + 11..first + 21).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_claim_from_the_cursor_keeps_priorities_and_reads_other_kinds_from_their_head() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let ids: Vec<i64> = client
+        .query(
+            "select id from jobcast.enqueue_jobs($1)",
+            &[&json!([
+                {"kind": "k"}, {"kind": "k"}, {"kind": "k"}, {"kind": "k"},
+                {"kind": "k", "priority": -1}, {"kind": "other"},
+                {"kind": "k", "priority": 5}
+            ])],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let run_at: String = client
+        .query_one(
+            "select run_at::text from jobcast.jobs where id = $1",
+            &[&ids[1]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Two more of kind k, priority 0, from enqueues that began before the cursor's: 100 ms
+    // (a transaction that committed after the jobs claimed last) and 2 s before.
+    let late_and_old: Vec<i64> = client
+        .query(
+            "select (jobcast.enqueue_jobs(jsonb_build_array(
+                        jsonb_build_object('kind', 'k', 'run_at', $1::text::timestamptz - interval '100 ms'),
+                        jsonb_build_object('kind', 'k', 'run_at', $1::text::timestamptz - interval '2 s')))).id",
+            &[&run_at],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (late, old) = (late_and_old[0], late_and_old[1]);
+    // The cursor at the second job of kind k, priority 0: the higher priority first, then
+    // the late commit and the third and fourth, then the lower priority; kind `other` has no
+    // cursor (its head). The first job and the one from 2 s before are before the cursor: a
+    // claim from the head takes them (the worker's next one).
+    let after = json!([{"queue": "default", "kind": "k", "priority": 0, "run_at": run_at,
+                        "id": ids[1].to_string()}]);
+    let claimed: Vec<i64> = client
+        .query(
+            "select id from jobcast.claim_jobs('{default}', '{k,other}', 'w', 10, 30, $1)",
+            &[&after],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(claimed, vec![ids[6], late, ids[2], ids[3], ids[5], ids[4]]);
+    let from_head: Vec<i64> = client
+        .query(
+            "select id from jobcast.claim_jobs('{default}', '{k,other}', 'w', 10, 30)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(from_head, vec![old, ids[0], ids[1]]);
+}
