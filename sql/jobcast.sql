@@ -448,6 +448,7 @@ declare
     cap integer;
     kinds text[];
     r record;
+    entries bigint := pg_stat_get_xact_tuples_returned('jobcast.queued_claim'::regclass);
 begin
     -- A paused queue keeps its jobs: no worker claims from it until it is resumed. A queue
     -- with limits (concurrency, rate) gets what they allow now, under its row's lock: the
@@ -504,6 +505,12 @@ begin
          limit p_limit
       ) c;
     end if;
+    -- Entries of the claim index read beyond the jobs taken: dead ones a held-back vacuum
+    -- keeps, rows other claims hold, jobs not yet due. The worker reads it in the same
+    -- statement (jobcast.claim_walked) to know when to claim from its cursor.
+    perform set_config('jobcast.claim_walked',
+                       (pg_stat_get_xact_tuples_returned('jobcast.queued_claim'::regclass)
+                        - entries - coalesce(cardinality(due_ids), 0))::text, true);
     if due_ids is null then
         return;
     end if;

@@ -200,16 +200,26 @@ pub async fn claim_jobs(
     Ok(
         claim_jobs_from(client, queues, kinds, worker, limit, lease_secs, None)
             .await?
+            .jobs
             .into_iter()
             .map(|(job, _)| job)
             .collect(),
     )
 }
 
+/// What [`claim_jobs_from`] took, and what it cost.
+pub struct Claimed {
+    /// The jobs, each with its position `{queue, kind, priority, run_at, id}` (its `run_at`
+    /// to the microsecond: the job's own `run_at` is rounded to the millisecond).
+    pub jobs: Vec<(Job, serde_json::Value)>,
+    /// Entries of the claim index read beyond the jobs taken (dead ones that a held-back
+    /// vacuum keeps, rows other claims hold); 0 when nothing was claimed.
+    pub walked: i64,
+}
+
 /// [`claim_jobs`] from where `after` says this worker's last claims ended, per queue and
 /// kind (`[{queue, kind, priority, run_at, id}, ...]`; `None`: from the head of the claim
-/// index, see `jobcast.due_after`). Each job comes with its own position in that form, its
-/// `run_at` to the microsecond (the job's own `run_at` is rounded to the millisecond).
+/// index, see `jobcast.due_after`).
 pub async fn claim_jobs_from(
     client: &impl GenericClient,
     queues: &[String],
@@ -218,15 +228,26 @@ pub async fn claim_jobs_from(
     limit: i32,
     lease_secs: f64,
     after: Option<&serde_json::Value>,
-) -> Result<Vec<(Job, serde_json::Value)>> {
-    let statement = "select * from jobcast.claim_jobs($1, $2, $3, $4, $5, $6)";
+) -> Result<Claimed> {
+    // The function returns its rows whole before the select list is evaluated: the setting
+    // it made is there for every row.
+    let statement = "select c.*, current_setting('jobcast.claim_walked', true) as walked
+                       from jobcast.claim_jobs($1, $2, $3, $4, $5, $6) c";
     let rows = super::query(
         client,
         statement,
         &[&queues, &kinds, &worker, &limit, &lease_secs, &after],
     )
     .await?;
-    rows.iter()
+    let walked = match rows.first() {
+        Some(row) => row
+            .try_get::<_, Option<String>>("walked")?
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    };
+    let jobs = rows
+        .iter()
         .map(|row| {
             let run_at: chrono::DateTime<chrono::Utc> = row.try_get("run_at")?;
             let job = Job::from_row(row)?;
@@ -237,7 +258,8 @@ pub async fn claim_jobs_from(
             });
             Ok((job, position))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Claimed { jobs, walked })
 }
 
 /// `jobcast.next_due_in`: seconds until the earliest queued job of `queues` (and `kinds`)

@@ -8,21 +8,28 @@
 //! 44.5 ms and 2,454 buffers per claim three minutes into a held xmin, against 0.5 ms and 91,
 //! and completions at 25 % of the clean rate.
 //!
-//! So when a claim from the head is slow, the worker claims for a while from where its own
-//! last claims ended (`jobcast.due_after`): higher priorities first, then the same
-//! priority's later jobs, then lower priorities. Entries of its priority claimed before its
-//! cursor are never visited again. A job of that priority placed before the cursor later (a
-//! run_at already past when it became claimable) is found by the next claim from the head,
-//! which comes after a pause proportional to what that claim cost (50× its time, 1 to 60 s):
-//! the head's walk stays a small share of the database's time however long vacuum is held
-//! back, and a worker on a healthy database claims from the head every time.
+//! So when a claim from the head read 10,000 entries or more beyond the jobs it took (the
+//! claim tells: `jobcast.claim_walked`), the worker claims for a while from where its own
+//! last claims ended (`jobcast.due_after`): higher priorities first, then its priority from
+//! 250 ms before its last claimed `run_at`, then lower priorities. Entries of its priority
+//! claimed before that are never visited again. A job of that priority placed further
+//! before (a run_at already past when it became claimable) is found by the next claim from
+//! the head, which comes after a pause proportional to what the last one cost (50× its
+//! time, 1 to 60 s): the head's walk stays a small share of the database's time however
+//! long vacuum is held back. A worker on a healthy database reads a few entries beyond the
+//! jobs it takes (rows other workers hold) and claims from the head every time. Counted,
+//! not timed: a claim slowed by a busy machine is not a dead head.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A claim from the head slower than this switches to cursor claims.
-const SLOW_CLAIM: Duration = Duration::from_millis(20);
+/// A claim from the head that read this many index entries beyond the jobs it took switches
+/// to cursor claims. On a healthy database a claim reads the rows other claims hold (a few
+/// hundred) and, after a snapshot held for a moment (an analyze, a slow statement), the
+/// entries of the jobs claimed meanwhile, once: about 2,000 were seen at 3,000 jobs/s. Below
+/// this, the walk costs a few milliseconds a claim.
+const DEAD_ENTRIES: i64 = 10_000;
 /// Cursor claims last this many times what the slow claim from the head took...
 const PAUSE_FACTOR: u32 = 50;
 /// ...at least this long...
@@ -51,12 +58,13 @@ impl ClaimCursor {
     }
 
     /// Records a claim: the positions of its jobs (in claim order, as
-    /// `db::jobs::claim_jobs_from` gives them), whether it read from the cursor, and how long
-    /// it took.
+    /// `db::jobs::claim_jobs_from` gives them), whether it read from the cursor, the index
+    /// entries it read beyond them, and how long it took.
     pub fn claimed<'a>(
         &mut self,
         positions: impl IntoIterator<Item = &'a Value>,
         from_cursor: bool,
+        walked: i64,
         took: Duration,
         now: Instant,
     ) {
@@ -67,40 +75,37 @@ impl ClaimCursor {
             self.last
                 .insert((key("queue"), key("kind")), position.clone());
         }
-        self.timed(found, from_cursor, took, now);
-    }
-
-    /// Records a claim that did not answer within the database deadline.
-    pub fn timed_out(&mut self, from_cursor: bool, now: Instant) {
-        self.timed(true, from_cursor, MAX_PAUSE, now);
-    }
-
-    /// The mode after a claim that took `took` (and found something or not).
-    fn timed(&mut self, found: bool, from_cursor: bool, took: Duration, now: Instant) {
-        if from_cursor {
+        if from_cursor || !found {
             return;
         }
-        if took >= SLOW_CLAIM {
-            if !found {
-                return;
-            }
-            let pause = (took * PAUSE_FACTOR).clamp(MIN_PAUSE, MAX_PAUSE);
-            if self.until.is_none() {
-                tracing::warn!(
-                    claim_ms = took.as_millis() as u64,
-                    cursor_secs = pause.as_secs_f64(),
-                    "claims from the head of the queue are slow (is a transaction holding \
-                     back vacuum?): claiming from this worker's last position for a while"
-                );
-            }
-            self.until = Some(now + pause);
+        if walked >= DEAD_ENTRIES {
+            self.pause(walked, took, now);
         } else if self.until.is_some() {
-            tracing::info!(
-                claim_ms = took.as_millis() as u64,
-                "claims from the head of the queue are fast again"
-            );
+            tracing::info!(walked, "claims from the head of the queue are clean again");
             self.until = None;
         }
+    }
+
+    /// Records a claim that did not answer within the database deadline: the slowest head.
+    pub fn timed_out(&mut self, from_cursor: bool, now: Instant) {
+        if !from_cursor {
+            self.pause(-1, MAX_PAUSE, now);
+        }
+    }
+
+    fn pause(&mut self, walked: i64, took: Duration, now: Instant) {
+        let pause = (took * PAUSE_FACTOR).clamp(MIN_PAUSE, MAX_PAUSE);
+        if self.until.is_none() {
+            tracing::warn!(
+                walked,
+                claim_ms = took.as_millis() as u64,
+                cursor_secs = pause.as_secs_f64(),
+                "claims from the head of the queue read entries vacuum could not remove (is a \
+                 transaction holding it back?): claiming from this worker's last position \
+                 for a while"
+            );
+        }
+        self.until = Some(now + pause);
     }
 }
 
@@ -110,66 +115,66 @@ mod tests {
 
     use super::*;
 
-    fn with_position() -> ClaimCursor {
-        let mut cursor = ClaimCursor::default();
-        cursor
-            .last
-            .insert(("q".into(), "k".into()), json!({"queue": "q", "kind": "k"}));
-        cursor
+    const MS: Duration = Duration::from_millis(1);
+
+    fn position() -> Value {
+        json!({"queue": "q", "kind": "k", "priority": 0, "run_at": "x", "id": "1"})
     }
 
     #[test]
-    fn fast_claims_from_the_head_stay_at_the_head() {
-        let mut cursor = with_position();
+    fn a_clean_head_stays_at_the_head_however_slow() {
+        let mut cursor = ClaimCursor::default();
         let now = Instant::now();
-        cursor.timed(true, false, Duration::from_millis(2), now);
+        cursor.claimed([&position()], false, 3_000, 500 * MS, now);
         assert!(cursor.after(now).is_none());
     }
 
     #[test]
-    fn a_slow_claim_from_the_head_reads_from_the_cursor_for_fifty_times_its_time() {
-        let mut cursor = with_position();
+    fn a_dead_head_reads_from_the_cursor_for_fifty_times_the_claim() {
+        let mut cursor = ClaimCursor::default();
         let now = Instant::now();
-        cursor.timed(true, false, Duration::from_millis(100), now);
-        assert!(cursor.after(now + Duration::from_millis(4_900)).is_some());
+        cursor.claimed([&position()], false, 50_000, 100 * MS, now);
+        let after = cursor
+            .after(now + 4_900 * MS)
+            .expect("claims from the cursor");
+        assert_eq!(after, json!([position()]));
         // Cursor claims do not extend it; the next claim after it is from the head.
-        cursor.timed(
-            true,
-            true,
-            Duration::from_millis(1),
-            now + Duration::from_secs(1),
-        );
-        assert!(cursor.after(now + Duration::from_millis(5_001)).is_none());
-        // Fast again there: back to the head for good.
-        cursor.timed(
-            true,
-            false,
-            Duration::from_millis(1),
-            now + Duration::from_secs(6),
-        );
-        assert!(cursor.after(now + Duration::from_secs(6)).is_none());
+        cursor.claimed([&position()], true, 0, MS, now + 1_000 * MS);
+        assert!(cursor.after(now + 5_001 * MS).is_none());
+        // Clean there: back to the head for good.
+        cursor.claimed([&position()], false, 10, MS, now + 6_000 * MS);
+        assert!(cursor.after(now + 6_000 * MS).is_none());
         assert!(cursor.until.is_none());
     }
 
     #[test]
-    fn the_pause_is_bounded_and_an_empty_slow_claim_changes_nothing() {
-        let mut cursor = with_position();
+    fn the_pause_is_bounded_and_an_empty_claim_changes_nothing() {
+        let mut cursor = ClaimCursor::default();
         let now = Instant::now();
-        cursor.timed(false, false, Duration::from_millis(500), now);
+        cursor.claimed([], false, 0, 500 * MS, now);
         assert!(cursor.after(now).is_none());
-        cursor.timed(true, false, Duration::from_millis(21), now);
-        assert!(cursor.after(now + Duration::from_millis(999)).is_some());
-        assert!(cursor.after(now + Duration::from_millis(1_051)).is_none());
-        cursor.timed(true, false, Duration::from_secs(10), now);
-        assert!(cursor.after(now + Duration::from_secs(59)).is_some());
-        assert!(cursor.after(now + Duration::from_secs(61)).is_none());
+        cursor.claimed([&position()], false, 10_000, 2 * MS, now);
+        assert!(cursor.after(now + 999 * MS).is_some());
+        assert!(cursor.after(now + 1_001 * MS).is_none());
+        cursor.claimed([&position()], false, 90_000, 10_000 * MS, now);
+        assert!(cursor.after(now + 59_000 * MS).is_some());
+        assert!(cursor.after(now + 61_000 * MS).is_none());
+    }
+
+    #[test]
+    fn a_timed_out_claim_from_the_head_pauses_the_longest() {
+        let mut cursor = ClaimCursor::default();
+        let now = Instant::now();
+        cursor.claimed([&position()], false, 0, MS, now);
+        cursor.timed_out(false, now);
+        assert!(cursor.after(now + 59_000 * MS).is_some());
     }
 
     #[test]
     fn no_position_no_cursor() {
         let mut cursor = ClaimCursor::default();
         let now = Instant::now();
-        cursor.timed(true, false, Duration::from_millis(100), now);
+        cursor.timed_out(false, now);
         assert!(cursor.after(now).is_none());
     }
 }

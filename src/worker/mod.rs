@@ -357,13 +357,9 @@ async fn claim(
     let now = Instant::now();
     match result {
         Ok((claimed, started)) => {
-            cursor.claimed(
-                claimed.iter().map(|c| &c.1),
-                from_cursor,
-                now - started,
-                now,
-            );
-            Ok(claimed.into_iter().map(|c| c.0).collect())
+            let positions = claimed.jobs.iter().map(|c| &c.1);
+            cursor.claimed(positions, from_cursor, claimed.walked, now - started, now);
+            Ok(claimed.jobs.into_iter().map(|c| c.0).collect())
         }
         Err(e) => {
             if matches!(e, db::Error::TimedOut(_)) {

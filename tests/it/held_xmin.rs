@@ -2,6 +2,8 @@
 //! the claim index can then be neither removed nor marked dead, and a claim from the head
 //! visits every one of them; a claim from the worker's cursor (`jobcast.due_after`) starts
 //! past them, and still takes jobs in claim order.
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -162,4 +164,64 @@ async fn a_claim_from_the_cursor_keeps_priorities_and_reads_other_kinds_from_the
         .map(|r| r.get(0))
         .collect();
     assert_eq!(from_head, vec![old, ids[0], ids[1]]);
+}
+
+/// Jobs succeeded so far.
+async fn succeeded(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "select count(*) from jobcast.jobs where status = 'succeeded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn enqueue_echoes(client: &tokio_postgres::Client, n: i32) {
+    client
+        .execute(
+            "select count(*) from jobcast.enqueue_jobs(
+                 (select jsonb_agg(jsonb_build_object('kind', 'demo.echo'))
+                    from generate_series(1, $1)))",
+            &[&n],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_claims_from_its_cursor_only_while_vacuum_is_held_back() {
+    const SWITCHED: &str = "claims from the head of the queue read entries vacuum could not";
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let worker = Proc::work(&db.url, &["--concurrency", "32"]);
+    // A healthy database: the entries of claimed jobs are marked dead as claims pass them.
+    enqueue_echoes(&client, 3_000).await;
+    eventually("3,000 jobs done", Duration::from_secs(60), || async {
+        (succeeded(&client).await == 3_000).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(
+        !log.contains(SWITCHED),
+        "switched on a healthy database:\n{log}"
+    );
+    // A transaction holds back vacuum: every claimed job's entry stays.
+    let holder = db.client().await;
+    holder
+        .batch_execute("begin; select txid_current();")
+        .await
+        .unwrap();
+    enqueue_echoes(&client, 20_000).await;
+    eventually("20,000 more jobs done", Duration::from_secs(120), || async {
+        (succeeded(&client).await == 23_000).then_some(())
+    })
+    .await;
+    holder.batch_execute("commit").await.unwrap();
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(
+        log.contains(SWITCHED),
+        "never switched to its cursor:\n{log}"
+    );
 }
