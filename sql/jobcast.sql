@@ -364,14 +364,14 @@ $$;
 -- next claim from the head (see src/worker/cursor.rs).
 create or replace function jobcast.due_after(
     p_active text[], p_caps integer[], p_kinds text[], p_limit integer, p_after jsonb
-) returns bigint[]
+) returns tid[]
 language sql
 as $$
-    select array_agg(c.id order by c.priority desc, c.run_at, c.id)
+    select array_agg(c.ctid order by c.priority desc, c.run_at, c.id)
       from (
-        select c.id, c.priority, c.run_at
+        select c.id, c.priority, c.run_at, c.ctid
           from (
-            select c.id, c.priority, c.run_at, q.cap,
+            select c.id, c.priority, c.run_at, c.ctid, q.cap,
                    row_number() over (partition by q.name
                                       order by c.priority desc, c.run_at, c.id) as n
               from unnest(p_active, p_caps) as q(name, cap)
@@ -385,7 +385,7 @@ as $$
               ) cur on true
               cross join lateral (
                   select * from (
-                      select j.id, j.priority, j.run_at from jobcast.queued j
+                      select j.id, j.priority, j.run_at, j.ctid from jobcast.queued j
                        where cur.id is null
                          and j.queue = q.name and j.kind = k.name and j.run_at <= now()
                        order by j.priority desc, j.run_at, j.id
@@ -393,7 +393,7 @@ as $$
                          for update skip locked) head
                   union all
                   select * from (
-                      select j.id, j.priority, j.run_at from jobcast.queued j
+                      select j.id, j.priority, j.run_at, j.ctid from jobcast.queued j
                        where j.queue = q.name and j.kind = k.name and j.priority > cur.priority
                          and j.run_at <= now()
                        order by j.priority desc, j.run_at, j.id
@@ -401,7 +401,7 @@ as $$
                          for update skip locked) higher_priority
                   union all
                   select * from (
-                      select j.id, j.priority, j.run_at from jobcast.queued j
+                      select j.id, j.priority, j.run_at, j.ctid from jobcast.queued j
                        where j.queue = q.name and j.kind = k.name and j.priority = cur.priority
                          and j.run_at >= cur.run_at - interval '250 milliseconds'
                          and j.run_at < cur.run_at
@@ -410,7 +410,7 @@ as $$
                          for update skip locked) late_commits
                   union all
                   select * from (
-                      select j.id, j.priority, j.run_at from jobcast.queued j
+                      select j.id, j.priority, j.run_at, j.ctid from jobcast.queued j
                        where j.queue = q.name and j.kind = k.name and j.priority = cur.priority
                          and (j.run_at, j.id) > (cur.run_at, cur.id) and j.run_at <= now()
                        order by j.run_at, j.id
@@ -418,7 +418,7 @@ as $$
                          for update skip locked) same_priority
                   union all
                   select * from (
-                      select j.id, j.priority, j.run_at from jobcast.queued j
+                      select j.id, j.priority, j.run_at, j.ctid from jobcast.queued j
                        where j.queue = q.name and j.kind = k.name and j.priority < cur.priority
                          and j.run_at <= now()
                        order by j.priority desc, j.run_at, j.id
@@ -441,7 +441,7 @@ set enable_seqscan = off
 set jit = off
 as $$
 declare
-    due_ids bigint[];
+    due_ids tid[];
     active text[];
     caps integer[];
     rated text[] := '{}';
@@ -482,17 +482,17 @@ begin
     if jsonb_typeof(p_after) = 'array' then
         due_ids := jobcast.due_after(active, caps, kinds, p_limit, p_after);
     else
-    select array_agg(c.id order by c.priority desc, c.run_at, c.id) into due_ids
+    select array_agg(c.ctid order by c.priority desc, c.run_at, c.id) into due_ids
       from (
-        select c.id, c.priority, c.run_at
+        select c.id, c.priority, c.run_at, c.ctid
           from (
-            select c.id, c.priority, c.run_at, q.cap,
+            select c.id, c.priority, c.run_at, c.ctid, q.cap,
                    row_number() over (partition by q.name
                                       order by c.priority desc, c.run_at, c.id) as n
               from unnest(active, caps) as q(name, cap)
               cross join unnest(kinds) as k(name)
               cross join lateral (
-                  select j.id, j.priority, j.run_at
+                  select j.id, j.priority, j.run_at, j.ctid
                     from jobcast.queued j
                    where j.queue = q.name and j.kind = k.name and j.run_at <= now()
                    order by j.priority desc, j.run_at, j.id
@@ -540,14 +540,23 @@ language sql as $$
     select * from jobcast.claim_jobs(p_queues, p_kinds, p_worker, p_limit, p_lease_secs, null)
 $$;
 
--- The claim's transition of the jobs it selected (locked rows of jobcast.queued): running,
--- next attempt, leased to p_worker, a `started` event each. Internal to claim_jobs. A
--- function of its own for the plan cache: its statement's plan is the same whatever the
--- ids (lookups by primary key), but PostgreSQL kept choosing a custom plan and planned its
--- four CTEs on every claim (~0.3 ms, a third of a one-job claim's time, perf); the generic
--- plan is forced here only, since the selection above does need its custom plans.
+-- The claim's transition of the jobs it selected (locked rows of jobcast.queued, by their
+-- ctid: they are never updated, and locked until the claim commits): running, next attempt,
+-- leased to p_worker, a `started` event each. Internal to claim_jobs. A function of its own
+-- for the plan cache: its statement's plan is the same whatever the rows, but PostgreSQL
+-- kept choosing a custom plan and planned its four CTEs on every claim (~0.3 ms, a third of
+-- a one-job claim's time, perf); the generic plan is forced here only, since the selection
+-- above does need its custom plans. By ctid, not id: the generic plan of `id = any(...)`,
+-- made again after an analyze under a held xmin (few live rows), read the whole claim index
+-- for those ids, dead entries included (issue 23's collapse 90 s into a held xmin, 2,500 ->
+-- 60 jobs/s: 18,485 buffers for 9 rows); a TID scan has no other plan.
+do $$ begin
+    if to_regprocedure('jobcast.start_attempts(bigint[], text, double precision)') is not null then
+        drop function jobcast.start_attempts(bigint[], text, double precision);
+    end if;
+end $$;
 create or replace function jobcast.start_attempts(
-    p_ids bigint[], p_worker text, p_lease_secs double precision
+    p_rows tid[], p_worker text, p_lease_secs double precision
 ) returns setof jobcast.jobs
 language plpgsql
 set enable_seqscan = off
@@ -557,7 +566,7 @@ as $$
 begin
     return query
     with unlisted as (
-        delete from jobcast.queued q where q.id = any(p_ids) returning q.id
+        delete from jobcast.queued q where q.ctid = any(p_rows) returning q.id
     ), claimed as (
         update jobcast.jobs j
            set status = 'running', attempt = j.attempt + 1, started_at = now(),
