@@ -214,9 +214,11 @@ async fn a_worker_claims_from_its_cursor_only_while_vacuum_is_held_back() {
         .await
         .unwrap();
     enqueue_echoes(&client, 20_000).await;
-    eventually("20,000 more jobs done", Duration::from_secs(120), || async {
-        (succeeded(&client).await == 23_000).then_some(())
-    })
+    eventually(
+        "20,000 more jobs done",
+        Duration::from_secs(120),
+        || async { (succeeded(&client).await == 23_000).then_some(()) },
+    )
     .await;
     holder.batch_execute("commit").await.unwrap();
     let log = std::fs::read_to_string(&worker.log).unwrap();
