@@ -8,6 +8,21 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
+/// The first column of every row `statement` returns, as ids.
+async fn first_column(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<i64> {
+    client
+        .query(statement, params)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Index entries of `jobcast.queued_claim` read by `statement` in a transaction of its own,
 /// and the ids it claimed, in order.
 async fn entries_read(
@@ -99,20 +114,16 @@ async fn a_claim_from_the_cursor_skips_the_entries_a_held_xmin_keeps() {
 async fn a_claim_from_the_cursor_keeps_priorities_and_reads_other_kinds_from_their_head() {
     let db = TestDb::new().await;
     let client = db.client().await;
-    let ids: Vec<i64> = client
-        .query(
-            "select id from jobcast.enqueue_jobs($1)",
-            &[&json!([
-                {"kind": "k"}, {"kind": "k"}, {"kind": "k"}, {"kind": "k"},
-                {"kind": "k", "priority": -1}, {"kind": "other"},
-                {"kind": "k", "priority": 5}
-            ])],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = first_column(
+        &client,
+        "select id from jobcast.enqueue_jobs($1)",
+        &[&json!([
+            {"kind": "k"}, {"kind": "k"}, {"kind": "k"}, {"kind": "k"},
+            {"kind": "k", "priority": -1}, {"kind": "other"},
+            {"kind": "k", "priority": 5}
+        ])],
+    )
+    .await;
     let run_at: String = client
         .query_one(
             "select run_at::text from jobcast.jobs where id = $1",
@@ -123,18 +134,14 @@ async fn a_claim_from_the_cursor_keeps_priorities_and_reads_other_kinds_from_the
         .get(0);
     // Two more of kind k, priority 0, from enqueues that began before the cursor's: 100 ms
     // (a transaction that committed after the jobs claimed last) and 2 s before.
-    let late_and_old: Vec<i64> = client
-        .query(
+    let late_and_old = first_column(
+        &client,
             "select (jobcast.enqueue_jobs(jsonb_build_array(
                         jsonb_build_object('kind', 'k', 'run_at', $1::text::timestamptz - interval '100 ms'),
                         jsonb_build_object('kind', 'k', 'run_at', $1::text::timestamptz - interval '2 s')))).id",
             &[&run_at],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     let (late, old) = (late_and_old[0], late_and_old[1]);
     // The cursor at the second job of kind k, priority 0: the higher priority first, then
     // the late commit and the third and fourth, then the lower priority; kind `other` has no
@@ -142,27 +149,19 @@ async fn a_claim_from_the_cursor_keeps_priorities_and_reads_other_kinds_from_the
     // claim from the head takes them (the worker's next one).
     let after = json!([{"queue": "default", "kind": "k", "priority": 0, "run_at": run_at,
                         "id": ids[1].to_string()}]);
-    let claimed: Vec<i64> = client
-        .query(
-            "select id from jobcast.claim_jobs('{default}', '{k,other}', 'w', 10, 30, $1)",
-            &[&after],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let claimed = first_column(
+        &client,
+        "select id from jobcast.claim_jobs('{default}', '{k,other}', 'w', 10, 30, $1)",
+        &[&after],
+    )
+    .await;
     assert_eq!(claimed, vec![ids[6], late, ids[2], ids[3], ids[5], ids[4]]);
-    let from_head: Vec<i64> = client
-        .query(
-            "select id from jobcast.claim_jobs('{default}', '{k,other}', 'w', 10, 30)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let from_head = first_column(
+        &client,
+        "select id from jobcast.claim_jobs('{default}', '{k,other}', 'w', 10, 30)",
+        &[],
+    )
+    .await;
     assert_eq!(from_head, vec![old, ids[0], ids[1]]);
 }
 
