@@ -335,22 +335,64 @@ async fn claim(
     wanted: usize,
     cursor: &mut ClaimCursor,
 ) -> db::Result<Vec<Job>> {
+    let now = Instant::now();
+    if cursor.probing(now) {
+        match claim_once(state, kinds, wanted, cursor, Some(cursor::PROBE_BUDGET)).await {
+            Err(e) if is_cancelled(&e) => {
+                // The head is still dead (or the machine too busy to tell): claim from the
+                // cursor now, probe again after the longest pause.
+                tracing::debug!("a claim from the head exceeded its budget: cursor claims go on");
+                cursor.timed_out(false, Instant::now());
+            }
+            result => return result,
+        }
+    }
+    claim_once(state, kinds, wanted, cursor, None).await
+}
+
+/// One claim statement, from the cursor or the head as `cursor` says, under `budget` (a
+/// statement timeout) when given.
+async fn claim_once(
+    state: &State,
+    kinds: &[String],
+    wanted: usize,
+    cursor: &mut ClaimCursor,
+    budget: Option<Duration>,
+) -> db::Result<Vec<Job>> {
     let after = cursor.after(Instant::now());
     let from_cursor = after.is_some();
     let result = db::deadline(async {
-        let client = state.pool.get().await?;
+        let mut client = state.pool.get().await?;
+        macro_rules! claim_with {
+            ($client:expr) => {
+                db::jobs::claim_jobs_from(
+                    $client,
+                    &state.args.queues,
+                    Some(kinds),
+                    &state.worker_id,
+                    wanted as i32,
+                    state.args.lease_secs,
+                    after.as_ref(),
+                )
+            };
+        }
         // Timed from the statement alone: a wait for a pooled connection is not the index.
-        let started = Instant::now();
-        let claimed = db::jobs::claim_jobs_from(
-            &client,
-            &state.args.queues,
-            Some(kinds),
-            &state.worker_id,
-            wanted as i32,
-            state.args.lease_secs,
-            after.as_ref(),
-        )
-        .await?;
+        let started;
+        let claimed = match budget {
+            None => {
+                started = Instant::now();
+                claim_with!(&client).await?
+            }
+            Some(budget) => {
+                let transaction = client.transaction().await?;
+                let timeout = format!("set local statement_timeout = {}", budget.as_millis());
+                transaction.batch_execute(&timeout).await?;
+                started = Instant::now();
+                let claimed = claim_with!(&transaction).await?;
+                transaction.commit().await?;
+                claimed
+            }
+        };
         Ok((claimed, started))
     })
     .await;
@@ -369,6 +411,11 @@ async fn claim(
             Err(e)
         }
     }
+}
+
+/// A statement PostgreSQL cancelled (its statement timeout, or `pg_cancel_backend`).
+fn is_cancelled(error: &db::Error) -> bool {
+    matches!(error, db::Error::Postgres(e) if e.code().is_some_and(|c| c.code() == "57014"))
 }
 
 /// How long to sleep when the queue is empty: until the next queued job is due by the
