@@ -1167,14 +1167,8 @@ $$;
 
 -- Take back attempts whose lease ran out (their worker died or hung). Safe to run from any
 -- number of processes at once: SKIP LOCKED hands each expired job to one of them.
--- Take back up to p_limit attempts whose lease ran out, those that ran out at p_since or
--- later (null: all). A worker sweeps from its last pass (less a margin) between full sweeps:
--- the lease index keeps the entry of every attempt that ended while a transaction holds back
--- vacuum, all expired, and a full sweep visits each of them (issue 23: 1,700 buffers and
--- 22 ms per pass a minute into a held xmin, 12,000 and 128 ms nine minutes in, every 5 s).
-create or replace function jobcast.reclaim_expired_leases(
-    p_retry_base_ms bigint, p_limit integer, p_since timestamptz
-) returns integer
+create or replace function jobcast.reclaim_expired_leases(p_retry_base_ms bigint, p_limit integer)
+returns integer
 language plpgsql
 set enable_seqscan = off
 set jit = off
@@ -1185,7 +1179,7 @@ declare
 begin
     for j in
         select id, attempt, worker from jobcast.running
-         where lease_until < now() and lease_until >= coalesce(p_since, '-infinity')
+         where lease_until < now()
          order by lease_until
          limit p_limit
            for update skip locked
@@ -1201,13 +1195,6 @@ begin
     end if;
     return reclaimed;
 end
-$$;
-
--- Every expired lease (workers of earlier versions, scripts).
-create or replace function jobcast.reclaim_expired_leases(p_retry_base_ms bigint, p_limit integer)
-returns integer
-language sql as $$
-    select jobcast.reclaim_expired_leases(p_retry_base_ms, p_limit, null)
 $$;
 
 -- Remove finished jobs older than p_older_than, with their events, among the p_scan jobs

@@ -390,17 +390,15 @@ pub async fn release_jobs(
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
-/// `jobcast.reclaim_expired_leases`: how many expired attempts were taken back (those
-/// expired at `since` or later; all with `None`), and the database's time of the pass.
+/// `jobcast.reclaim_expired_leases`: how many expired attempts were taken back.
 pub async fn reclaim_expired_leases(
     client: &impl GenericClient,
     retry_base_ms: i64,
     limit: i32,
-    since: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<(i32, chrono::DateTime<chrono::Utc>)> {
-    let statement = "select jobcast.reclaim_expired_leases($1, $2, $3), now()";
-    let row = super::query_one(client, statement, &[&retry_base_ms, &limit, &since]).await?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
+) -> Result<i32> {
+    let statement = "select jobcast.reclaim_expired_leases($1, $2)";
+    let row = super::query_one(client, statement, &[&retry_base_ms, &limit]).await?;
+    Ok(row.try_get(0)?)
 }
 
 /// `jobcast.prune_finished_jobs`: how many finished jobs older than `days` were removed.

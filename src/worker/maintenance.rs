@@ -1,9 +1,7 @@
 //! Duties any worker may perform, safe to run from many at once: taking back attempts whose
 //! lease ran out, pruning finished jobs past the retention period, and forgetting old rows
 //! of the write ledger (`jobcast.worker_writes`).
-use std::time::{Duration, Instant};
-
-use chrono::{DateTime, Utc};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
@@ -22,13 +20,6 @@ const PRUNE_WINDOWS_PER_TICK: usize = 100;
 /// How long a group commit's ledger row is kept: far longer than a worker retries a write
 /// whose outcome it does not know (after its lease, fencing refuses the retry anyway).
 const WRITE_LEDGER_KEPT: Duration = Duration::from_secs(3600);
-/// Between full sweeps of expired leases, a pass takes those that expired since the last
-/// pass began, less this margin: an attempt is seen by the pass after the one its claim (or
-/// heartbeat) committed after, if that transaction took less than its lease plus this.
-const RECLAIM_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
-/// How often a pass sweeps every expired lease: what a window can miss (a slower
-/// transaction, an attempt a failed pass of another worker had locked) waits at most this.
-const FULL_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs until `stop`.
 pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
@@ -42,18 +33,12 @@ pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
     reclaim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prune_after_id = 0;
-    let mut sweep = Sweep::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = reclaim_tick.tick() => {
-                let since = sweep.since(Instant::now());
-                match db::deadline(reclaim_expired_leases(&pool, args.retry_base_ms as i64, since)).await {
-                    Ok(began) => sweep.passed(since, began, Instant::now()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reclaiming expired leases failed");
-                        sweep = Sweep::default();
-                    }
+                if let Err(e) = db::deadline(reclaim_expired_leases(&pool, args.retry_base_ms as i64)).await {
+                    tracing::warn!(error = %e, "reclaiming expired leases failed");
                 }
             }
             _ = prune_tick.tick() => {
@@ -71,51 +56,15 @@ pub async fn run(pool: Pool, args: WorkArgs, stop: CancellationToken) {
     }
 }
 
-/// Where the next pass over expired leases starts.
-#[derive(Default)]
-struct Sweep {
-    /// The database's time when the last pass began.
-    last: Option<DateTime<Utc>>,
-    /// When the last full sweep ended.
-    full: Option<Instant>,
-}
-
-impl Sweep {
-    /// The lower bound of the next pass: `None` sweeps every expired lease.
-    fn since(&self, now: Instant) -> Option<DateTime<Utc>> {
-        match (self.last, self.full) {
-            (Some(last), Some(full)) if now.duration_since(full) < FULL_SWEEP_EVERY => {
-                Some(last - RECLAIM_MARGIN)
-            }
-            _ => None,
-        }
-    }
-
-    fn passed(&mut self, since: Option<DateTime<Utc>>, began: DateTime<Utc>, now: Instant) {
-        self.last = Some(began);
-        if since.is_none() {
-            self.full = Some(now);
-        }
-    }
-}
-
-/// One pass, in statements of `BATCH`: the database's time when it began.
-async fn reclaim_expired_leases(
-    pool: &Pool,
-    retry_base_ms: i64,
-    since: Option<DateTime<Utc>>,
-) -> db::Result<DateTime<Utc>> {
-    let mut began = None;
+async fn reclaim_expired_leases(pool: &Pool, retry_base_ms: i64) -> db::Result<()> {
     loop {
         let client = pool.get().await?;
-        let (reclaimed, now) =
-            db::jobs::reclaim_expired_leases(&client, retry_base_ms, BATCH, since).await?;
-        let began = *began.get_or_insert(now);
+        let reclaimed = db::jobs::reclaim_expired_leases(&client, retry_base_ms, BATCH).await?;
         if reclaimed > 0 {
             tracing::warn!(reclaimed, "took back jobs whose lease expired");
         }
         if reclaimed < BATCH {
-            return Ok(began);
+            return Ok(());
         }
     }
 }
@@ -168,35 +117,5 @@ where
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passes_sweep_from_the_last_one_between_full_sweeps() {
-        let mut sweep = Sweep::default();
-        let start = Instant::now();
-        assert_eq!(sweep.since(start), None, "the first pass sweeps everything");
-        let t0 = Utc::now();
-        sweep.passed(None, t0, start);
-        assert_eq!(sweep.since(start), Some(t0 - RECLAIM_MARGIN));
-        let t1 = t0 + chrono::TimeDelta::seconds(5);
-        sweep.passed(
-            Some(t0 - RECLAIM_MARGIN),
-            t1,
-            start + Duration::from_secs(5),
-        );
-        assert_eq!(
-            sweep.since(start + Duration::from_secs(10)),
-            Some(t1 - RECLAIM_MARGIN)
-        );
-        // A minute after the last full sweep, a full one again.
-        assert_eq!(sweep.since(start + FULL_SWEEP_EVERY), None);
-        // A failed pass forgets where it was: the next one is full.
-        sweep = Sweep::default();
-        assert_eq!(sweep.since(start + Duration::from_secs(10)), None);
     }
 }

@@ -76,10 +76,9 @@ async fn a_zombie_worker_can_no_longer_change_a_job_taken_from_it() {
     assert_eq!(claimed.len(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        db::jobs::reclaim_expired_leases(&conn, 0, 10, None)
+        db::jobs::reclaim_expired_leases(&conn, 0, 10)
             .await
-            .unwrap()
-            .0,
+            .unwrap(),
         1
     );
     let fresh = db::jobs::claim_jobs(&conn, &queues, None, "fresh", 1, 30.0)
@@ -150,56 +149,4 @@ async fn a_zombie_worker_can_no_longer_change_a_job_taken_from_it() {
         types,
         ["queued", "started", "retrying", "started", "succeeded"]
     );
-}
-
-/// A pass from `since` takes only the leases that ran out at `since` or later; a full pass
-/// takes them all (how the built-in workers sweep: windows, and everything once a minute).
-#[tokio::test]
-async fn a_windowed_reclaim_takes_the_leases_that_ran_out_since() {
-    let db = TestDb::new().await;
-    let pool = db::pool(&db.url, "window-test", 2).unwrap();
-    let conn = pool.get().await.unwrap();
-    let queues = vec!["default".to_owned()];
-    let spec = || JobSpec::parse(&json!({"kind": "demo.echo"})).unwrap();
-    db::jobs::enqueue_jobs(&conn, &[spec(), spec()])
-        .await
-        .unwrap();
-    // The first lease runs out 0.2 s after its claim, the second a second later.
-    let early = db::jobs::claim_jobs(&conn, &queues, None, "dead", 1, 0.2)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let late = db::jobs::claim_jobs(&conn, &queues, None, "dead", 1, 0.2)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let since: chrono::DateTime<chrono::Utc> = conn
-        .query_one("select now() - interval '0.5 s'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let (taken, _) = db::jobs::reclaim_expired_leases(&conn, 0, 10, Some(since))
-        .await
-        .unwrap();
-    assert_eq!(taken, 1, "only the lease that ran out after `since`");
-    let status = |id: i64| {
-        let conn = &conn;
-        async move {
-            let row = conn
-                .query_one(
-                    "select status::text, attempt from jobcast.jobs where id = $1",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-            (row.get::<_, String>(0), row.get::<_, i32>(1))
-        }
-    };
-    assert_eq!(status(late[0].id.parse().unwrap()).await.0, "queued");
-    assert_eq!(status(early[0].id.parse().unwrap()).await.0, "running");
-    let (taken, _) = db::jobs::reclaim_expired_leases(&conn, 0, 10, None)
-        .await
-        .unwrap();
-    assert_eq!(taken, 1, "a full pass takes the older one");
-    assert_eq!(status(early[0].id.parse().unwrap()).await.0, "queued");
 }
