@@ -36,6 +36,7 @@ import time
 import urllib.parse
 
 BIN = os.environ.get("JOBCAST_BIN", "target/release/jobcast")
+PODS_BIN = os.environ.get("JOBCAST_PODS_BIN", "target/release/examples/pods")
 SERVER_URL = os.environ["DATABASE_URL"]
 TICK = os.sysconf("SC_CLK_TCK")
 STEPS = 20  # progress events per job; a job writes STEPS + 2 events after `queued`
@@ -351,6 +352,39 @@ class Followers:
         return out, total
 
 
+class StandIns:
+    """`--stand-in`: the pods and their followers in one process (examples/pods.rs): N of
+    jobcast's hubs, a LISTEN connection and a firehose follower each, no HTTP. Same
+    interface as Followers (frames, measuring, percentiles) for grid_run."""
+
+    def __init__(self, url, pods, logdir):
+        err = open(os.path.join(logdir, "pods.log"), "w")
+        self.proc = subprocess.Popen([PODS_BIN, str(pods), url], stdout=subprocess.PIPE,
+                                     stderr=err)
+        self.frames = 0
+        self.measuring = False
+        self.latency = collections.Counter()  # tenths of ms -> frames (sampled)
+        self.lagged = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        for line in self.proc.stdout:
+            report = json.loads(line)
+            self.frames, self.lagged = report["delivered"], report["lagged"]
+            if self.measuring:
+                for ms in report["lat"]:
+                    self.latency[int(ms * 10)] += 1
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        stop([self.proc])
+
+    percentiles = Followers.percentiles
+
+
 class NotifyCounter:
     """One more psql session LISTENing on jobcast_events; counts the notifications it prints
     (at most 10 ms late: it prints them after each `pg_sleep(0.01)`)."""
@@ -410,13 +444,18 @@ def grid_run(args, template, logdir, listen_script, pods, workers, followers_per
     psql(url, "checkpoint")
     serve, work, followers, counter = [], [], Followers(), None
     try:
-        started = [start_pod(url, logdir, i) for i in range(pods)]
-        serve = [p for p, _ in started]
-        addrs = [pod_address(p, out) for p, out in started]
-        for addr in addrs:
-            for _ in range(followers_per_pod):
-                followers.open(addr)
-        followers.start()
+        if args.stand_in:
+            followers = StandIns(url, pods, logdir)
+            serve = [followers.proc]
+            wait_for_sessions(url, "jobcast-serve-listen", pods)
+        else:
+            started = [start_pod(url, logdir, i) for i in range(pods)]
+            serve = [p for p, _ in started]
+            addrs = [pod_address(p, out) for p, out in started]
+            for addr in addrs:
+                for _ in range(followers_per_pod):
+                    followers.open(addr)
+            followers.start()
         counter = NotifyCounter(url, listen_script)
         wait_for_sessions(url, "scale-notify-counter", 1)
         for i in range(workers):
@@ -457,17 +496,17 @@ def grid_run(args, template, logdir, listen_script, pods, workers, followers_per
             if p.poll() is not None:
                 raise SystemExit(f"a jobcast process exited during the window (logs: {logdir})")
     finally:
-        stop(work + serve)
+        stop(work + ([] if args.stand_in else serve))
         if counter:
             counter.stop()
         followers.stop()
         psql(SERVER_URL, f"drop database if exists {name} with (force)")
-    n_followers = pods * followers_per_pod
+    n_followers = pods * (1 if args.stand_in else followers_per_pod)
     committed_s = committed / seconds
     delivered_s = (frames1 - frames0) / seconds
     notify_s = (notes1 - notes0) / seconds
     row = {
-        "part": "grid", "pods": pods, "workers": workers, "concurrency": args.concurrency,
+        "part": "grid", "stand_in": bool(args.stand_in), "pods": pods, "workers": workers, "concurrency": args.concurrency,
         "followers": n_followers,
         "listen_serve": listen.get("jobcast-serve-listen", 0),
         "listen_work": listen.get("jobcast-work-listen", 0),
@@ -523,6 +562,9 @@ def main():
                         help="LISTEN sessions for the NOTIFY part (default 0,1,16,64)")
     parser.add_argument("--concurrency", type=int, default=16, help="per work process")
     parser.add_argument("--followers-per-pod", type=int, default=1)
+    parser.add_argument("--stand-in", action="store_true",
+                        help="pods as jobcast hubs in one process (examples/pods.rs): a LISTEN "
+                             "connection and one firehose follower each, no HTTP")
     parser.add_argument("--bare-workers", type=int, default=4,
                         help="workers of the extra runs whose pods have no follower "
                              "(NOTIFY's cost alone; 0 skips them)")
