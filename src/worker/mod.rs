@@ -329,6 +329,9 @@ async fn claim_loop(
     }
 }
 
+/// A claim at least this slow is logged (debug), with where it read from and what it found.
+const SLOW_CLAIM: Duration = Duration::from_millis(50);
+
 async fn claim(
     state: &State,
     kinds: &[String],
@@ -399,8 +402,21 @@ async fn claim_once(
     let now = Instant::now();
     match result {
         Ok((claimed, started)) => {
+            let took = now - started;
+            if took >= SLOW_CLAIM {
+                tracing::debug!(
+                    from_cursor,
+                    probe = budget.is_some(),
+                    walked = claimed.walked,
+                    took_ms = took.as_millis() as u64,
+                    wanted,
+                    got = claimed.jobs.len(),
+                    after = %after.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+                    "slow claim"
+                );
+            }
             let positions = claimed.jobs.iter().map(|c| &c.1);
-            cursor.claimed(positions, from_cursor, claimed.walked, now - started, now);
+            cursor.claimed(positions, from_cursor, claimed.walked, took, now);
             Ok(claimed.jobs.into_iter().map(|c| c.0).collect())
         }
         Err(e) => {
