@@ -165,11 +165,11 @@ def write_listen_script(directory, channel, seconds):
     return path
 
 
-def wait_for_sessions(url, app, count, timeout=30):
+def wait_for_sessions(url, app, count, timeout=30, query="select pg_sleep%"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         n = int(psql(url, f"select count(*) from pg_stat_activity where application_name = '{app}' "
-                          "and query like 'select pg_sleep%'"))
+                          f"and query like '{query}'"))
         if n >= count:
             return
         time.sleep(0.2)
@@ -447,7 +447,7 @@ def grid_run(args, template, logdir, listen_script, pods, workers, followers_per
         if args.stand_in:
             followers = StandIns(url, pods, logdir)
             serve = [followers.proc]
-            wait_for_sessions(url, "jobcast-serve-listen", pods)
+            wait_for_sessions(url, "jobcast-serve-listen", pods, timeout=120, query="%")
         else:
             started = [start_pod(url, logdir, i) for i in range(pods)]
             serve = [p for p, _ in started]
