@@ -370,6 +370,10 @@ create or replace function jobcast.due_after(
     p_active text[], p_caps integer[], p_kinds text[], p_limit integer, p_after jsonb
 ) returns tid[]
 language sql
+set enable_seqscan = off
+set enable_bitmapscan = off
+set enable_sort = off
+set jit = off
 as $$
     select array_agg(c.ctid order by c.priority desc, c.run_at, c.id)
       from (
@@ -436,12 +440,21 @@ as $$
       ) c
 $$;
 
+-- Every read of jobcast.queued here must walk queued_claim in claim order and stop after the
+-- rows it takes: a bitmap scan (or any scan) followed by a sort reads a branch's whole range,
+-- the entire backlog. PostgreSQL chose that plan (estimated 1 row, 8.43 against the index
+-- scan's 8.4x) after an automatic analyze of queued under a held xmin, and every claim then
+-- read the whole backlog until the next analyze (issue 23: claims 3 -> 140 ms, completions
+-- 2,500 -> 92/s for two minutes, caught with auto_explain). Hence no bitmap scans and no
+-- avoidable sorts (the sorts above the per-queue scans have no alternative and stay).
 create or replace function jobcast.claim_jobs(
     p_queues text[], p_kinds text[], p_worker text, p_limit integer,
     p_lease_secs double precision, p_after jsonb
 ) returns setof jobcast.jobs
 language plpgsql
 set enable_seqscan = off
+set enable_bitmapscan = off
+set enable_sort = off
 set jit = off
 as $$
 declare
