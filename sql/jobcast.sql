@@ -365,16 +365,21 @@ $$;
 -- queue and kind without a cursor from its head. Only a job of the cursor's priority placed
 -- further before it (a run_at already past when it became claimable: a concurrency key
 -- admitting it, an enqueue with an old run_at or a long transaction) waits for the worker's
--- next claim from the head (see src/worker/cursor.rs).
+-- next claim from the head (see src/worker/cursor.rs). PL/pgSQL with a generic plan (the
+-- plan is the same whatever the cursor, see claim_jobs): as a sql function with SET clauses
+-- it was never inlined and its five-branch query was planned again on every cursor claim.
 create or replace function jobcast.due_after(
     p_active text[], p_caps integer[], p_kinds text[], p_limit integer, p_after jsonb
 ) returns tid[]
-language sql
+language plpgsql
 set enable_seqscan = off
 set enable_bitmapscan = off
 set enable_sort = off
 set jit = off
+set plan_cache_mode = force_generic_plan
 as $$
+begin
+    return (
     select array_agg(c.ctid order by c.priority desc, c.run_at, c.id)
       from (
         select c.id, c.priority, c.run_at, c.ctid
@@ -438,6 +443,8 @@ as $$
          order by c.priority desc, c.run_at, c.id
          limit p_limit
       ) c
+    );
+end
 $$;
 
 -- Every read of jobcast.queued here must walk queued_claim in claim order and stop after the
@@ -447,6 +454,11 @@ $$;
 -- read the whole backlog until the next analyze (issue 23: claims 3 -> 140 ms, completions
 -- 2,500 -> 92/s for two minutes, caught with auto_explain). Hence no bitmap scans and no
 -- avoidable sorts (the sorts above the per-queue scans have no alternative and stay).
+-- With those off, the plan of the selection is the same whatever its parameters (one index
+-- scan per queue and kind under a LockRows and a Limit), so it is planned once per session
+-- (a generic plan): PostgreSQL kept choosing custom plans and planned it again on every
+-- claim, 0.3-0.7 ms, a fifth of the drain's database CPU (issue 24: `scripts/profile-drain
+-- 32`, 145 -> 116 µs of PostgreSQL CPU per job). An analyze still replans it.
 create or replace function jobcast.claim_jobs(
     p_queues text[], p_kinds text[], p_worker text, p_limit integer,
     p_lease_secs double precision, p_after jsonb
@@ -456,6 +468,7 @@ set enable_seqscan = off
 set enable_bitmapscan = off
 set enable_sort = off
 set jit = off
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     due_ids tid[];
@@ -933,6 +946,7 @@ declare
     ids bigint[];
     written bigint[];
     r record;
+    g record;
 begin
     insert into jobcast.worker_writes (id) values (p_batch_id) on conflict (id) do nothing;
     if not found then
@@ -940,13 +954,22 @@ begin
         return coalesce(outcome, array_fill(false, array[n]));
     end if;
     outcome := array_fill(false, array[n]);
-    foreach kind in array array['event', 'complete', 'fail', 'release'] loop
-        select array_agg(o.ord::integer order by o.ord), jsonb_agg(o.v order by o.ord),
-               array_agg((o.v->>'job_id')::bigint order by o.ord)
-          into positions, ops, ids
-          from jsonb_array_elements(p_ops) with ordinality as o(v, ord)
-         where o.v->>'op' = kind;
-        continue when ops is null;
+    -- The ops grouped by kind in one pass over the batch (not one per kind), events first,
+    -- then completions, failures and releases: a job's events come before its end.
+    for g in select *
+               from (select o.v->>'op' as kind,
+                            array_agg(o.ord::integer order by o.ord) as positions,
+                            jsonb_agg(o.v order by o.ord) as ops,
+                            array_agg((o.v->>'job_id')::bigint order by o.ord) as ids
+                       from jsonb_array_elements(p_ops) with ordinality as o(v, ord)
+                      where o.v->>'op' in ('event', 'complete', 'fail', 'release')
+                      group by 1) k
+              order by array_position(array['event', 'complete', 'fail', 'release'], k.kind)
+    loop
+        kind := g.kind;
+        positions := g.positions;
+        ops := g.ops;
+        ids := g.ids;
         if kind = 'event' then
             -- Accepted by index (several events of one job may be in the batch).
             for r in select e.idx from jobcast.record_events(p_worker, ops) e loop
@@ -1798,14 +1821,18 @@ $$;
 
 -- Wakes the workers of those of `p_queues` that have a concurrency limit: a running job of
 -- theirs ended, so a slot is free (a worker waits for this instead of polling).
+-- (plpgsql: a sql function with SET clauses is never inlined, and was parsed and planned on
+-- every completion, 80 µs a call.)
 create or replace function jobcast.wake_limited(p_queues text[]) returns void
-language sql
+language plpgsql
 set enable_seqscan = off
 set jit = off
 as $$
-    select pg_notify('jobcast_jobs', q.name)
-      from jobcast.queues q
-     where q.name = any(p_queues) and q.concurrency is not null
+begin
+    perform pg_notify('jobcast_jobs', q.name)
+       from jobcast.queues q
+      where q.name = any(p_queues) and q.concurrency is not null;
+end
 $$;
 
 -- How many jobs of `p_queue` a claim may take now (at most p_want): its concurrency limit
