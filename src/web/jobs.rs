@@ -100,6 +100,10 @@ fn accepted(job: &Job) -> HttpResponse {
         .json(job)
 }
 
+/// The stream token's query parameter: it authorizes two streams only, and any other
+/// endpoint ignores it (API.md), rather than refusing it as an unknown parameter.
+const TOKEN: &str = "token";
+
 /// `POST /v1/jobs`
 #[tracing::instrument(skip_all)]
 pub async fn create_job(
@@ -109,7 +113,10 @@ pub async fn create_job(
     caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(unknown) = query.keys().find(|k| k.as_str() != "wait") {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !["wait", TOKEN].contains(&k.as_str()))
+    {
         return Err(ApiError::invalid(
             unknown.as_str(),
             "unknown query parameter",
@@ -238,7 +245,10 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
     let wait = wait_parameter(&query)?;
-    if let Some(unknown) = query.keys().find(|k| k.as_str() != "wait") {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !["wait", TOKEN].contains(&k.as_str()))
+    {
         return Err(ApiError::invalid(
             unknown.as_str(),
             "unknown query parameter",
@@ -340,22 +350,27 @@ pub async fn list_jobs(
     caller: Caller,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tags = super::stream::tag_parameters(&req)?;
+    // Every tag must match: a key given twice with two values matches no job (a job has one
+    // value per key), not the jobs of the last value.
+    let mut wanted = serde_json::Map::new();
+    let mut contradictory = false;
+    for (key, value) in super::stream::tag_parameters(&req)? {
+        match wanted.get(&key) {
+            Some(Value::String(other)) if *other != value => contradictory = true,
+            _ => {
+                wanted.insert(key, Value::String(value));
+            }
+        }
+    }
     let mut filter = db::jobs::JobFilter {
         tenant: caller.tenant().to_owned(),
         limit: 50,
-        tags: (!tags.is_empty()).then(|| {
-            Value::Object(
-                tags.into_iter()
-                    .map(|(k, v)| (k, Value::String(v)))
-                    .collect(),
-            )
-        }),
+        tags: (!wanted.is_empty()).then_some(Value::Object(wanted)),
         ..Default::default()
     };
     for (name, value) in query.iter() {
         match name.as_str() {
-            "tag" => {}
+            "tag" | TOKEN => {}
             "queue" => filter.queue = Some(name_filter("queue", value, 64)?),
             "kind" => filter.kind = Some(name_filter("kind", value, 128)?),
             "status" => {
@@ -384,6 +399,9 @@ pub async fn list_jobs(
             }
             other => return Err(ApiError::invalid(other, "unknown query parameter")),
         }
+    }
+    if contradictory {
+        return Ok(HttpResponse::Ok().json(json!({ "jobs": [], "next_cursor": null })));
     }
     let client = state.pool.get().await?;
     let mut jobs = db::jobs::list_jobs(&client, &filter).await?;
@@ -449,7 +467,10 @@ pub async fn get_output(
 ) -> Result<HttpResponse, ApiError> {
     let (raw_id, stream) = path.into_inner();
     let id = parse_job_id(&raw_id)?;
-    if let Some(unknown) = query.keys().find(|k| k.as_str() != "attempt") {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !["attempt", TOKEN].contains(&k.as_str()))
+    {
         return Err(ApiError::invalid(
             unknown.as_str(),
             "unknown query parameter",

@@ -11,12 +11,9 @@ use crate::db;
 use crate::job::{is_name, SpecError};
 use crate::schedule::{self, ScheduleSpec};
 
+/// A wrong type is a `400`, a broken rule a `422` naming the field (API.md, "Bad input").
 fn spec_error(error: SpecError) -> ApiError {
-    match error {
-        SpecError::Type { field, detail } | SpecError::Rule { field, detail } => {
-            ApiError::invalid(field, detail)
-        }
-    }
+    ApiError::from(error)
 }
 
 fn schedule_name(raw: &str) -> Result<&str, ApiError> {

@@ -307,6 +307,8 @@ pub async fn all_events(
     let cursor = {
         let client = state.pool.get().await?;
         match resume_point(&req, &query)? {
+            // 0, as on a job's stream: from the first event the table holds.
+            Some(raw) if raw.trim() == "0" => Cursor::default(),
             Some(raw) => {
                 let cursor = raw.trim().parse::<Cursor>().map_err(|_| {
                     ApiError::BadRequest(format!("Last-Event-ID: {raw:?} is not a firehose cursor"))

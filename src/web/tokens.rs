@@ -67,11 +67,9 @@ pub async fn create_token(
                 "a token holds either jobs, firehose or tags",
             ));
         }
+        // A wrong type is a 400, a broken rule a 422, as in a job spec.
         let tags = crate::job::parse_tags(tags, "tags")
-            .map_err(|e| match e {
-                crate::job::SpecError::Type { field, detail }
-                | crate::job::SpecError::Rule { field, detail } => ApiError::invalid(field, detail),
-            })?
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::invalid("tags", "must hold at least one tag"))?;
         let grant = Grant {
             tenant: caller.tenant.clone(),

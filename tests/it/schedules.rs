@@ -242,6 +242,15 @@ async fn the_schedules_api_validates_replaces_pauses_and_deletes() {
         assert_eq!(status, 422, "{problem}");
         assert_eq!(problem["field"], field, "{problem}");
     }
+    // Wrong types are a 400 (API.md "Bad input"), as for a job (before: 422).
+    for body in [
+        json!({"name": "x", "cron": 5, "job": {"kind": "a"}}),
+        json!({"name": "x", "cron": "0 3 * * *", "job": {"kind": "a"}, "timezone": true}),
+        json!({"name": "x", "cron": "0 3 * * *", "job": {"kind": 7}}),
+    ] {
+        let (status, problem) = put(url, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {problem}");
+    }
     let nightly = json!({"name": "nightly-report", "cron": "0 3 * * *",
                          "timezone": "Europe/Paris", "job": {"kind": "demo.echo"}});
     let (status, created) = put(url, nightly.clone()).await;

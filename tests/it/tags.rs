@@ -44,13 +44,22 @@ async fn a_tag_firehose_is_exact_and_includes_jobs_created_after_it_opened() {
         vec![theirs.clone()]
     );
     assert_eq!(list(serve.url(), "tag=user:1").await, Vec::<String>::new());
+    // All must match: one key with two values matches no job (before: the last value's).
+    assert_eq!(
+        list(serve.url(), "tag=user:42&tag=user:7").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        list(serve.url(), "tag=user:42&tag=user:42").await,
+        vec![mine.clone()]
+    );
     let job = get_job(serve.url(), &mine).await;
     assert_eq!(job["tags"], json!({"user": "42", "project": "apollo"}));
     let _ = untagged;
 
     // From the start of history: every event of user 42's jobs, and a job created after the
     // stream opened; none of anyone else's.
-    let mut sse = Sse::open(serve.url(), "/v1/events?tag=user:42", Some("0-0")).await;
+    let mut sse = Sse::open(serve.url(), "/v1/events?tag=user:42", Some("0")).await;
     assert_eq!(sse.status, 200);
     let later = submit_ok(serve.url(), spec("42")).await;
     let mut seen: Vec<Event> = Vec::new();

@@ -54,6 +54,44 @@ async fn stream_tokens_open_their_own_streams_and_nothing_else() {
         let reply = call(method, &format!("{s}{path}?token={token}"), None, None).await;
         assert_unauthorized(&reply, &format!("token on {method} {path}"));
     }
+    // ... and ignored with a key: served as without it (before: 422 unknown query parameter).
+    for (path, status) in [
+        (format!("/v1/jobs/{id}"), 200),
+        ("/v1/jobs".to_owned(), 200),
+        (format!("/v1/jobs/{id}?wait=1"), 200),
+        // demo.steps writes no output: the endpoint's own 404, not a refused parameter.
+        (format!("/v1/jobs/{id}/output/output"), 404),
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let reply = call(
+            "GET",
+            &format!("{s}{path}{sep}token={token}"),
+            Some(ACME_KEY),
+            None,
+        )
+        .await;
+        assert_eq!(
+            reply.status, status,
+            "token beside a key on GET {path}: {}",
+            reply.body
+        );
+    }
+    // A token's tags of the wrong type are a 400, as in a job spec; a broken rule a 422.
+    for (tags, status) in [
+        (json!("x"), 400),
+        (json!([]), 400),
+        (json!({"user": 1}), 400),
+        (json!({"User": "1"}), 422),
+    ] {
+        let reply = call(
+            "POST",
+            &format!("{s}/v1/tokens"),
+            Some(ACME_KEY),
+            Some(json!({"tags": tags})),
+        )
+        .await;
+        assert_eq!(reply.status, status, "tags {tags}: {}", reply.body);
+    }
 
     let claims =
         |tenant: &str, jobs: Value, exp: i64| json!({"tenant": tenant, "jobs": jobs, "exp": exp});
