@@ -289,6 +289,33 @@ impl Cluster {
         self.stop_now("fast").await
     }
 
+    /// The command that stops the server (`mode` as for [`Cluster::stop_now`]), to run
+    /// without a runtime when the process must stop at once; None if another process
+    /// started it.
+    pub fn stop_command(&self, mode: &str) -> Option<std::process::Command> {
+        if !self.started_here {
+            return None;
+        }
+        let path = find_program("pg_ctl")?;
+        let mut command = match self.run_as {
+            Some(user) => {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(path);
+                c
+            }
+            None => std::process::Command::new(path),
+        };
+        command
+            .arg("stop")
+            .arg("-w")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", mode])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Some(command)
+    }
+
     /// Stops the server whoever started it (`mode`: smart, fast or immediate).
     pub async fn stop_now(&mut self, mode: &str) -> Result<(), EmbeddedError> {
         let mut command = self.pg_command("pg_ctl")?;

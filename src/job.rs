@@ -458,11 +458,14 @@ fn int_field(
     let int = match (number.as_i64(), number.as_u64(), number.as_f64()) {
         (Some(i), _, _) => i,
         (None, Some(_), _) => i64::MAX,
+        // An integral float (Python's json writes 1.0) is that integer; beyond i64, a bound.
         (None, None, Some(f)) if f.fract() == 0.0 => {
-            if f < 0.0 {
+            if f < i64::MIN as f64 {
                 i64::MIN
-            } else {
+            } else if f >= i64::MAX as f64 {
                 i64::MAX
+            } else {
+                f as i64
             }
         }
         _ => return Err(SpecError::kind(field, "expected an integer")),

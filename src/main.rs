@@ -69,35 +69,35 @@ enum Command {
         /// The job kind, e.g. demo.steps.
         kind: String,
         /// Handler arguments, as JSON.
-        #[arg(long, default_value = "{}")]
+        #[arg(long, env = "JOBCAST_SUBMIT_ARGS", default_value = "{}")]
         args: String,
         /// The queue.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SUBMIT_QUEUE")]
         queue: Option<String>,
         /// Higher runs first.
-        #[arg(long, allow_hyphen_values = true)]
+        #[arg(long, env = "JOBCAST_SUBMIT_PRIORITY", allow_hyphen_values = true)]
         priority: Option<i64>,
         /// Attempts before the job fails.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SUBMIT_MAX_ATTEMPTS")]
         max_attempts: Option<i64>,
         /// Not before this RFC 3339 time.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SUBMIT_RUN_AT")]
         run_at: Option<String>,
         /// Per-attempt time limit in seconds.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SUBMIT_TIMEOUT_SECS")]
         timeout_secs: Option<i64>,
         /// Submitting again with the same key returns the same job.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SUBMIT_IDEMPOTENCY_KEY")]
         idempotency_key: Option<String>,
         /// Stream the job's progress until it ends; exit 0 only if it succeeded.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SUBMIT_FOLLOW", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
         follow: bool,
         /// Wait up to SECONDS (1-60) for the job to end and print it (no stream: one
         /// request); exit 0 on success, 1 failed, 3 cancelled, 4 still not finished.
-        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=60), conflicts_with = "follow")]
+        #[arg(long, env = "JOBCAST_SUBMIT_WAIT", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=60), conflicts_with = "follow")]
         wait: Option<u64>,
         /// A tag, KEY=VALUE (repeatable): list and follow the job by it.
-        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        #[arg(long = "tag", env = "JOBCAST_SUBMIT_TAG", value_name = "KEY=VALUE")]
         tags: Vec<String>,
         /// The web tier's URL.
         #[arg(long, env = "JOBCAST_SERVER", default_value = "http://127.0.0.1:8080")]
@@ -106,7 +106,7 @@ enum Command {
     /// Exit 0 when URL/readyz answers 200 within 5 s, else 1 (for container health checks).
     Health {
         /// The web tier's URL (default: the --listen address, through loopback).
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_HEALTH_URL")]
         url: Option<String>,
         /// The address `serve` listens on, when --url is not given.
         #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080")]
@@ -145,29 +145,34 @@ enum ScheduleAction {
         /// Unique per tenant.
         name: String,
         /// Five fields (minute hour day-of-month month day-of-week), six with seconds
-        /// first, or @hourly/@daily/@weekly/@monthly/@yearly.
-        #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+        /// first, or @hourly/@daily/@midnight/@weekly/@monthly/@yearly.
+        #[arg(
+            long,
+            env = "JOBCAST_SCHEDULE_CRON",
+            conflicts_with = "every",
+            required_unless_present = "every"
+        )]
         cron: Option<String>,
         /// An interval instead of a pattern: 30s, 5m, 1h30m, 1d.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SCHEDULE_EVERY")]
         every: Option<String>,
         /// IANA time zone the pattern is read in.
-        #[arg(long, default_value = "UTC")]
+        #[arg(long, env = "JOBCAST_SCHEDULE_TIMEZONE", default_value = "UTC")]
         timezone: String,
         /// The job kind each slot enqueues.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SCHEDULE_KIND")]
         kind: String,
         /// The job's args, as JSON.
-        #[arg(long, default_value = "{}")]
+        #[arg(long, env = "JOBCAST_SCHEDULE_ARGS", default_value = "{}")]
         args: String,
         /// The job's queue.
-        #[arg(long)]
+        #[arg(long, env = "JOBCAST_SCHEDULE_QUEUE")]
         queue: Option<String>,
         /// `skip`: no new job while the previous one has not ended.
-        #[arg(long, default_value = "allow", value_parser = ["allow", "skip"])]
+        #[arg(long, env = "JOBCAST_SCHEDULE_OVERLAP", default_value = "allow", value_parser = ["allow", "skip"])]
         overlap: String,
         /// After downtime: `latest` missed slot, `none`, or `all` (at most 100).
-        #[arg(long, default_value = "latest", value_parser = ["latest", "none", "all"])]
+        #[arg(long, env = "JOBCAST_SCHEDULE_CATCH_UP", default_value = "latest", value_parser = ["latest", "none", "all"])]
         catch_up: String,
     },
     /// List the schedules.
@@ -524,6 +529,12 @@ async fn dev(
             let url = started.url();
             // The private cluster's URL (its password is in .jobcast/pg/password anyway).
             println!("database: {url}");
+            // Stopped even when a second Ctrl-C stops this process at once.
+            if let Some(mut stop) = started.stop_command("fast") {
+                shutdown::at_exit_now(move || {
+                    let _ = stop.status();
+                });
+            }
             cluster = Some(started);
             url
         }

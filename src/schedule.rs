@@ -162,9 +162,15 @@ fn parse_cron(pattern: &str) -> Result<Cron, SpecError> {
         return Err(SpecError::rule(
             "cron",
             "expected five fields (minute hour day-of-month month day-of-week), six with \
-             seconds first, or @hourly/@daily/@weekly/@monthly/@yearly",
+             seconds first, or @hourly/@daily/@midnight/@weekly/@monthly/@yearly",
         ));
     }
+    // `@midnight` is Vixie cron's other name for `@daily` (croner knows only the latter).
+    let pattern = if pattern.trim().eq_ignore_ascii_case("@midnight") {
+        "@daily"
+    } else {
+        pattern
+    };
     CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
@@ -536,6 +542,14 @@ mod tests {
         assert!(Plan::parse(Some("*/5 * * * *"), None, "UTC").is_ok());
         assert!(Plan::parse(Some("*/10 * * * * *"), None, "UTC").is_ok());
         assert!(Plan::parse(Some("@daily"), None, "UTC").is_ok());
+        let midnight = Plan::parse(Some("@midnight"), None, "UTC").unwrap();
+        let after = DateTime::parse_from_rfc3339("2027-01-01T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            midnight.next_after(after).unwrap().to_rfc3339(),
+            "2027-01-02T00:00:00+00:00"
+        );
         assert!(Plan::parse(Some("* * *"), None, "UTC").is_err());
         assert!(Plan::parse(Some("0 0 * * * * 2030"), None, "UTC").is_err());
         assert!(Plan::parse(Some("0 3 * * *"), None, "Mars/Olympus").is_err());

@@ -84,7 +84,13 @@ pub async fn queue_summaries(
                     .map(|l| l.try_get("rate_per_second"))
                     .transpose()?
                     .flatten(),
-                burst: limit.map(|l| l.try_get("burst")).transpose()?.flatten(),
+                // Without its own burst, a rate's bucket holds one second of it (API.md).
+                burst: match limit {
+                    Some(l) => l
+                        .try_get::<_, Option<f64>>("burst")?
+                        .or(l.try_get::<_, Option<f64>>("rate_per_second")?),
+                    None => None,
+                },
                 name,
             })
         })

@@ -274,11 +274,17 @@ fn wait_parameter(
     let Some(raw) = query.get("wait") else {
         return Ok(None);
     };
-    match raw.parse::<u64>() {
-        Ok(secs) if (1..=60).contains(&secs) => Ok(Some(std::time::Duration::from_secs(secs))),
-        _ => Err(ApiError::invalid(
+    // Not a number: a wrong type (400, as `limit=abc`); a number out of range: 422.
+    match raw.parse::<i64>() {
+        Ok(secs) if (1..=60).contains(&secs) => {
+            Ok(Some(std::time::Duration::from_secs(secs as u64)))
+        }
+        Ok(_) => Err(ApiError::invalid(
             "wait",
             "must be an integer between 1 and 60 (seconds)",
+        )),
+        Err(_) => Err(ApiError::BadRequest(
+            "wait: expected an integer between 1 and 60 (seconds)".into(),
         )),
     }
 }
@@ -404,11 +410,17 @@ pub async fn list_jobs(
         return Ok(HttpResponse::Ok().json(json!({ "jobs": [], "next_cursor": null })));
     }
     let client = state.pool.get().await?;
+    // One more than the page: a page that ends the list says so (`next_cursor` null), even
+    // when it is exactly full.
+    let limit = filter.limit;
+    filter.limit += 1;
     let mut jobs = db::jobs::list_jobs(&client, &filter).await?;
+    let more = jobs.len() as i64 > limit;
+    jobs.truncate(limit as usize);
     for job in &mut jobs {
         link_token(&state.gate, &caller, job);
     }
-    let next_cursor = (jobs.len() as i64 == filter.limit)
+    let next_cursor = more
         .then(|| jobs.last().map(|job| job.id.clone()))
         .flatten();
     Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "next_cursor": next_cursor })))

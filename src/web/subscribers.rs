@@ -42,7 +42,7 @@ static OPEN: LazyLock<Mutex<HashMap<u64, Stream>>> = LazyLock::new(Default::defa
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// `jobcast_subscribers`: per-job streams open in this process (the firehose not counted),
-/// refreshed with every publishing round.
+/// as they open and close (before: set every publishing round, so up to 2 s behind).
 static GAUGE: LazyLock<IntGauge> = LazyLock::new(|| {
     let gauge = IntGauge::new(
         "jobcast_subscribers",
@@ -68,14 +68,18 @@ impl Subscriber {
         let port = req.app_config().local_addr().port();
         let connection = req.peer_addr().map(|peer| (port, peers::normalize(peer)));
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        open().insert(id, Stream { job_id, connection });
+        let mut streams = open();
+        streams.insert(id, Stream { job_id, connection });
+        GAUGE.set(streams.len() as i64);
         Subscriber(id)
     }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        open().remove(&self.0);
+        let mut streams = open();
+        streams.remove(&self.0);
+        GAUGE.set(streams.len() as i64);
     }
 }
 
@@ -123,7 +127,6 @@ pub fn start(pool: Pool, shutdown: CancellationToken) {
             // (a pod silent for a minute is removed) come back.
             let full = ticks.is_multiple_of(FULL_PUBLISH_EVERY);
             let now = live_counts().await;
-            GAUGE.set(now.values().map(|n| i64::from(*n)).sum());
             let mut changes: Vec<(i64, i32)> = now
                 .iter()
                 .filter(|(job, n)| full || published.get(job) != Some(n))

@@ -211,6 +211,11 @@ async fn counts_subscribers_across_two_serve_processes() {
         streams.push(sse);
     }
     let firehose = Sse::open(a.url(), "/v1/events", None).await;
+    // The process's own gauge is live (before: set every 2 s, so still 0 here).
+    assert_eq!(
+        fetch_metric(&metrics(a.url()).await, "jobcast_subscribers"),
+        Some(2.0)
+    );
     eventually(
         "3 subscribers on both pods",
         Duration::from_secs(5),

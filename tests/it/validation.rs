@@ -322,3 +322,94 @@ async fn lists_jobs_newest_first_with_keyset_pages() {
     assert_eq!(odd["jobs"].as_array().unwrap().len(), 3);
     assert!(odd["next_cursor"].is_null());
 }
+
+/// Found by a black-box audit against API.md ("Bad input: malformed JSON or wrong types →
+/// `400`; valid JSON that breaks a rule → `422`"), each failing before its fix.
+#[tokio::test]
+async fn wrong_types_are_400_everywhere_and_a_full_last_page_ends_the_list() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let s = serve.url();
+    let patch = |body: Value| async move {
+        let response = http()
+            .patch(format!("{s}/v1/queues/limited"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    for (body, status) in [
+        (json!({"concurrency": "x"}), 400),
+        (json!({"concurrency": 2.5}), 400),
+        (json!({"rate_per_second": "fast"}), 400),
+        (json!({"burst": true}), 400),
+        (json!({"concurrency": 0}), 422),
+        (json!({"rate_per_second": 0}), 422),
+    ] {
+        let (got, problem) = patch(body.clone()).await;
+        assert_eq!(got, status, "PATCH {body}: {problem}");
+    }
+    // A rate without its own burst shows the bucket it has: one second of the rate.
+    let (got, queue) = patch(json!({"rate_per_second": 3})).await;
+    assert_eq!(got, 200, "{queue}");
+    assert_eq!(queue["burst"], json!(3.0), "{queue}");
+
+    // A wait that is not a number is a wrong type; one out of range breaks a rule.
+    let id = submit_ok(
+        s,
+        json!({"kind": "demo.echo", "queue": "nobody-works-here"}),
+    )
+    .await;
+    for (wait, status) in [("x", 400), ("1.5", 400), ("0", 422), ("61", 422)] {
+        let response = http()
+            .get(format!("{s}/v1/jobs/{id}?wait={wait}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "wait={wait}");
+    }
+    // An integral float is that integer (Python's json writes 1.0).
+    let (status, job) = submit(s, json!({"kind": "demo.echo", "priority": 1.0})).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["priority"], 1);
+
+    // Two jobs in the queue: a page of 2 is the whole list, and says so.
+    let list = |query: &'static str| async move {
+        http()
+            .get(format!("{s}/v1/jobs?queue=nobody-works-here&{query}"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    submit_ok(
+        s,
+        json!({"kind": "demo.echo", "queue": "nobody-works-here"}),
+    )
+    .await;
+    let page = list("limit=2").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    let page = list("limit=1").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("more to come")
+        .to_owned();
+    let rest = http()
+        .get(format!(
+            "{s}/v1/jobs?queue=nobody-works-here&limit=1&cursor={cursor}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(rest["jobs"][0]["id"].as_str(), Some(id.as_str()), "{rest}");
+    assert_eq!(rest["next_cursor"], Value::Null, "{rest}");
+}
