@@ -48,7 +48,7 @@ impl fmt::Debug for DatabaseArgs {
 #[derive(Args, Clone, Debug)]
 pub struct WebArgs {
     /// Address to listen on (port 0 picks a free port; the bound URL is printed).
-    #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Seconds between `: keep-alive` comments on idle SSE streams.
     #[arg(long, env = "JOBCAST_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -205,6 +205,21 @@ fn parse_non_negative_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--listen`: an address, or a host name and port (`localhost:8080`), resolved once at start
+/// to its first address (before: a host name was "invalid socket address syntax").
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    use std::net::ToSocketAddrs;
+    let mut addresses = text
+        .to_socket_addrs()
+        .map_err(|e| format!("expected HOST:PORT or IP:PORT ({e})"))?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +236,16 @@ mod tests {
         assert_eq!(web.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(web.heartbeat_secs, 15);
         assert_eq!(web.max_body_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn listen_takes_an_address_or_a_host_name() {
+        assert_eq!(
+            super::parse_listen("127.0.0.1:8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        let local = super::parse_listen("localhost:8081").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 8081, "{local}");
+        assert!(super::parse_listen("8080").is_err());
     }
 }

@@ -109,7 +109,7 @@ enum Command {
         #[arg(long, env = "JOBCAST_HEALTH_URL")]
         url: Option<String>,
         /// The address `serve` listens on, when --url is not given.
-        #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "JOBCAST_LISTEN", default_value = "127.0.0.1:8080", value_parser = jobcast::config::parse_listen)]
         listen: std::net::SocketAddr,
     },
     /// Stream a job's events to the terminal until it ends.

@@ -64,7 +64,14 @@ impl Gate {
         let auth = &args.auth;
         let keys = Gate::check(args)?;
         let secrets = match (&auth.token_secret, &keys) {
-            (Some(secrets), _) => secrets.clone(),
+            (Some(secrets), _) => {
+                if let Some(short) = secrets.short() {
+                    tracing::warn!(
+                        "--token-secret: secret {short} of the list is shorter than 16                          characters: anyone holding one token can guess it offline; use e.g.                          `openssl rand -base64 48`"
+                    );
+                }
+                secrets.clone()
+            }
             (None, Some(_)) => {
                 tracing::warn!(
                     "no --token-secret (JOBCAST_TOKEN_SECRET): stream tokens are signed with a \

@@ -44,8 +44,12 @@ const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// [`MAX_PENDING_EVENTS`] lines of [`MAX_MESSAGE_BYTES`] an attempt could hold 4 GiB in
 /// the worker (issue 22). Reading a line needs room for the longest line first.
 const MAX_PENDING_KIB: u32 = 64 << 10;
-/// After the direct child exited: how long its group may keep stdout open.
-const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(11);
+/// After the direct child exited (and its group was sent SIGTERM): how long what it left
+/// behind may keep stdout open before the attempt ends without it. What the child wrote is
+/// already in the pipe; this is for a process that flushes its last lines on SIGTERM. (It
+/// was 11 s: a daemon the command started that ignores SIGTERM kept a finished job
+/// `running` that long, and a `timeout_secs` falling in it failed a command that exited 0.)
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// A bad `--exec` value.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +242,7 @@ impl Attempt {
 
         let mut status = None;
         let mut output_deadline = None;
+        let mut abandoned = false;
         while status.is_none() || stdout.is_some() {
             let output_over = async {
                 match output_deadline {
@@ -287,6 +292,7 @@ impl Attempt {
                 _ = output_over => {
                     tracing::warn!(%job_id, "the command exited but something it started keeps stdout open; not reading it any more");
                     stdout = None;
+                    abandoned = true;
                 }
             }
         }
@@ -295,7 +301,13 @@ impl Attempt {
             .join()
             .await
             .unwrap_or_else(|e| Answer::Failed(e.to_string()));
-        let _ = tokio::time::timeout(Duration::from_secs(1), stderr.join()).await;
+        // Whatever kept stdout open likely holds stderr too: the tail read so far will do.
+        let stderr_wait = if abandoned {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        let _ = tokio::time::timeout(stderr_wait, stderr.join()).await;
         let stderr_tail = tail_text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
         match last_answer {
             Answer::Accepted => {}

@@ -447,6 +447,38 @@ async fn timeout_stops_the_command_and_fails_the_attempt() {
     wait_pids_gone(&[pid], Duration::from_secs(2)).await;
 }
 
+/// A command that exits 0 after starting a daemon that ignores SIGTERM and keeps stdout
+/// open: the job succeeds at once, not when the daemon's stdout closes (before: `running`
+/// for ~10 s, and a `timeout_secs` of 3 failed it as "timed out").
+#[tokio::test]
+async fn a_command_that_exits_0_succeeds_at_once_whatever_it_left_holding_stdout() {
+    let db = TestDb::new().await;
+    let serve = Proc::serve(&db.url, &[]);
+    let dir = scratch_dir();
+    let command = format!(
+        r#"cat >/dev/null; (trap '' TERM; echo $$ > {0}/daemon; exec sleep 60) & sleep 0.2; echo '{{"result": {{"ok": true}}}}'; exit 0"#,
+        dir.display()
+    );
+    let _work = exec_worker(&db, &[("daemonizes", &command)], &[]);
+    let id = submit_ok(
+        serve.url(),
+        json!({"kind": "daemonizes", "max_attempts": 1, "timeout_secs": 3}),
+    )
+    .await;
+    let job = wait_for_status(serve.url(), &id, "succeeded", Duration::from_secs(15)).await;
+    assert_eq!(job["result"], json!({"ok": true}), "{job}");
+    let started =
+        chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap();
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(job["finished_at"].as_str().unwrap()).unwrap();
+    let took = (finished - started).to_std().unwrap();
+    // 0.2 s of the command, 1 s for what it left to let go of stdout (before: ~10 s).
+    assert!(
+        took < Duration::from_secs(4),
+        "finished {took:?} after it started"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_is_followed_by_sigkill_ten_seconds_later_even_after_the_child_exited() {
     let db = TestDb::new().await;
