@@ -296,15 +296,7 @@ impl Cluster {
         if !self.started_here {
             return None;
         }
-        let path = find_program("pg_ctl")?;
-        let mut command = match self.run_as {
-            Some(user) => {
-                let mut c = std::process::Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(path);
-                c
-            }
-            None => std::process::Command::new(path),
-        };
+        let mut command = self.pg_std_command("pg_ctl").ok()?;
         command
             .arg("stop")
             .arg("-w")
@@ -362,16 +354,21 @@ impl Cluster {
         pid_file.lines().nth(3)?.trim().parse().ok()
     }
 
-    fn pg_command(&self, program: &str) -> Result<Command, EmbeddedError> {
+    /// `program` of the server binaries, run as the cluster's owner.
+    fn pg_std_command(&self, program: &str) -> Result<std::process::Command, EmbeddedError> {
         let path = find_program(program).ok_or_else(|| EmbeddedError::Missing(program.into()))?;
-        let mut command = match self.run_as {
+        Ok(match self.run_as {
             Some(user) => {
-                let mut c = Command::new("runuser");
+                let mut c = std::process::Command::new("runuser");
                 c.args(["-u", user, "--"]).arg(path);
                 c
             }
-            None => Command::new(path),
-        };
+            None => std::process::Command::new(path),
+        })
+    }
+
+    fn pg_command(&self, program: &str) -> Result<Command, EmbeddedError> {
+        let mut command = Command::from(self.pg_std_command(program)?);
         // The server must not die with a Ctrl-C meant for us: we stop it ourselves.
         command.process_group(0).kill_on_drop(false);
         Ok(command)

@@ -130,7 +130,7 @@ pub async fn patch_queue(
         concurrency = match value {
             serde_json::Value::Null => None,
             v => Some(
-                number(v, "concurrency", true)?
+                Some(number(v, "concurrency", true)?)
                     .filter(|n| (1.0..=1_000_000.0).contains(n))
                     .ok_or_else(|| {
                         ApiError::invalid(
@@ -145,7 +145,7 @@ pub async fn patch_queue(
         rate = match value {
             serde_json::Value::Null => None,
             v => Some(
-                number(v, "rate_per_second", false)?
+                Some(number(v, "rate_per_second", false)?)
                     .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1_000_000.0)
                     .ok_or_else(|| {
                         ApiError::invalid("rate_per_second", "must be a number above 0, or null")
@@ -157,7 +157,7 @@ pub async fn patch_queue(
         burst = match value {
             serde_json::Value::Null => None,
             v => Some(
-                number(v, "burst", false)?
+                Some(number(v, "burst", false)?)
                     .filter(|b| b.is_finite() && *b >= 1.0 && *b <= 1_000_000.0)
                     .ok_or_else(|| ApiError::invalid("burst", "must be a number of at least 1"))?,
             ),
@@ -178,9 +178,9 @@ pub async fn patch_queue(
 
 /// A limit's JSON value as a number: anything else (or a fraction where an integer is
 /// wanted) is a wrong type, `400`; the caller checks the range (`422`).
-fn number(value: &serde_json::Value, field: &str, integer: bool) -> Result<Option<f64>, ApiError> {
+fn number(value: &serde_json::Value, field: &str, integer: bool) -> Result<f64, ApiError> {
     match value.as_f64() {
-        Some(n) if !integer || n.fract() == 0.0 => Ok(Some(n)),
+        Some(n) if !integer || n.fract() == 0.0 => Ok(n),
         _ => Err(ApiError::BadRequest(format!(
             "{field}: expected {}",
             if integer { "an integer" } else { "a number" }

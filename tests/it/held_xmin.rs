@@ -55,11 +55,11 @@ async fn entries_read(
     (read, ids)
 }
 
-#[tokio::test]
-async fn a_claim_from_the_cursor_skips_the_entries_a_held_xmin_keeps() {
-    let db = TestDb::new().await;
+/// A session holding an xid (nothing it could see may be vacuumed) and `n` jobs of kind `k`
+/// enqueued after it; autovacuum of `queued` off (it could not remove anything anyway) so
+/// that nothing else runs. The client, and the holder (`commit` ends the hold).
+async fn held_backlog(db: &TestDb, n: i32) -> (tokio_postgres::Client, tokio_postgres::Client) {
     let client = db.client().await;
-    // Autovacuum could not remove anything anyway; off so that nothing else runs.
     client
         .batch_execute("alter table jobcast.queued set (autovacuum_enabled = false)")
         .await
@@ -70,12 +70,20 @@ async fn a_claim_from_the_cursor_skips_the_entries_a_held_xmin_keeps() {
         .await
         .unwrap();
     client
-        .batch_execute(
+        .execute(
             "select count(*) from jobcast.enqueue_jobs(
-                 (select jsonb_agg(jsonb_build_object('kind', 'k')) from generate_series(1, 3000)))",
+                 (select jsonb_agg(jsonb_build_object('kind', 'k')) from generate_series(1, $1)))",
+            &[&n],
         )
         .await
         .unwrap();
+    (client, holder)
+}
+
+#[tokio::test]
+async fn a_claim_from_the_cursor_skips_the_entries_a_held_xmin_keeps() {
+    let db = TestDb::new().await;
+    let (client, holder) = held_backlog(&db, 3_000).await;
     // 2,500 claimed from the head, 100 at a time (as a worker would), the last one kept.
     let mut last = Value::Null;
     for _ in 0..25 {
@@ -118,23 +126,7 @@ async fn a_claim_from_the_cursor_skips_the_entries_a_held_xmin_keeps() {
 #[tokio::test]
 async fn a_claim_counts_the_dead_entries_it_skips_after_a_hold_ends() {
     let db = TestDb::new().await;
-    let client = db.client().await;
-    client
-        .batch_execute("alter table jobcast.queued set (autovacuum_enabled = false)")
-        .await
-        .unwrap();
-    let holder = db.client().await;
-    holder
-        .batch_execute("begin; select txid_current();")
-        .await
-        .unwrap();
-    client
-        .batch_execute(
-            "select count(*) from jobcast.enqueue_jobs(
-                 (select jsonb_agg(jsonb_build_object('kind', 'k')) from generate_series(1, 25000)))",
-        )
-        .await
-        .unwrap();
+    let (client, holder) = held_backlog(&db, 25_000).await;
     for _ in 0..20 {
         client
             .batch_execute(
