@@ -360,12 +360,13 @@ $$;
 -- the head visits each of them (issue 23: 44.5 ms and 2,454 buffers per claim three minutes
 -- into a held xmin, against 0.5 ms and 91). Read: higher priorities than the cursor's (from
 -- their head: their entries are dead only if such jobs were claimed lately), the cursor's
--- priority from 250 ms before its run_at (an enqueue that began earlier but committed after
--- the jobs claimed last: concurrent producers do that all the time), lower priorities; a
--- queue and kind without a cursor from its head. Only a job of the cursor's priority placed
--- further before it (a run_at already past when it became claimable: a concurrency key
--- admitting it, an enqueue with an old run_at or a long transaction) waits for the worker's
--- next claim from the head (see src/worker/cursor.rs). PL/pgSQL with a generic plan (the
+-- priority from `lookback_ms` (default 250) before its run_at (an enqueue that began earlier
+-- but committed after the jobs claimed last: concurrent producers do that all the time; the
+-- worker asks for 30 s every 2 s, see src/worker/cursor.rs), lower priorities; a queue and
+-- kind without a cursor from its head. Only a job of the cursor's priority placed further
+-- before it (a run_at already past when it became claimable: a concurrency key admitting
+-- it, an enqueue with an old run_at or a long transaction) waits for the worker's next
+-- claim from the head. PL/pgSQL with a generic plan (the
 -- plan is the same whatever the cursor, see claim_jobs): as a sql function with SET clauses
 -- it was never inlined and its five-branch query was planned again on every cursor claim.
 create or replace function jobcast.due_after(
@@ -391,7 +392,9 @@ begin
               cross join unnest(p_kinds) as k(name)
               left join lateral (
                   select (e->>'priority')::smallint as priority,
-                         (e->>'run_at')::timestamptz as run_at, (e->>'id')::bigint as id
+                         (e->>'run_at')::timestamptz as run_at, (e->>'id')::bigint as id,
+                         make_interval(secs => coalesce((e->>'lookback_ms')::float8, 250) / 1000)
+                             as lookback
                     from jsonb_array_elements(p_after) e
                    where e->>'queue' = q.name and e->>'kind' = k.name
                    limit 1
@@ -416,7 +419,7 @@ begin
                   select * from (
                       select j.id, j.priority, j.run_at, j.ctid from jobcast.queued j
                        where j.queue = q.name and j.kind = k.name and j.priority = cur.priority
-                         and j.run_at >= cur.run_at - interval '250 milliseconds'
+                         and j.run_at >= cur.run_at - cur.lookback
                          and j.run_at < cur.run_at
                        order by j.run_at, j.id
                        limit q.cap

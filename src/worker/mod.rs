@@ -315,7 +315,7 @@ async fn claim_loop(
         if got < wanted {
             // Claiming from the cursor: the head of the claim index is slow to read (what
             // `next_due_in` reads), so wait for a notification or the poll instead.
-            let wait = if cursor.after(Instant::now()).is_some() {
+            let wait = if cursor.in_use(Instant::now()) {
                 POLL_EVERY
             } else {
                 idle_wait(state, &kinds).await

@@ -223,6 +223,54 @@ async fn a_claim_from_the_cursor_keeps_priorities_and_reads_other_kinds_from_the
     assert_eq!(from_head, vec![old, ids[0], ids[1]]);
 }
 
+/// A claim from the cursor reads its priority `lookback_ms` back (250 by default): what a
+/// worker on its cursor asks for every 2 s to find jobs committed long after their run_at
+/// (before: only its next claim from the head took them, up to a minute later).
+#[tokio::test]
+async fn a_claim_from_the_cursor_reads_as_far_back_as_asked() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let ids = first_column(
+        &client,
+        "select id from jobcast.enqueue_jobs('[{\"kind\": \"k\"}, {\"kind\": \"k\"}]')",
+        &[],
+    )
+    .await;
+    let run_at: String = client
+        .query_one(
+            "select run_at::text from jobcast.jobs where id = $1",
+            &[&ids[1]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let late = first_column(
+        &client,
+        "select (jobcast.enqueue_jobs(jsonb_build_array(jsonb_build_object(
+             'kind', 'k', 'run_at', $1::text::timestamptz - interval '3 s')))).id",
+        &[&run_at],
+    )
+    .await[0];
+    let claim = "select id from jobcast.claim_jobs('{default}', '{k}', 'w', 10, 30, $1)";
+    let cursor = |lookback: Option<i64>| {
+        let mut position = json!({"queue": "default", "kind": "k", "priority": 0,
+                                  "run_at": run_at, "id": ids[1].to_string()});
+        if let Some(ms) = lookback {
+            position["lookback_ms"] = json!(ms);
+        }
+        Value::Array(vec![position])
+    };
+    // In a transaction rolled back: the same jobs stay queued for the next claim.
+    client.batch_execute("begin").await.unwrap();
+    let default = first_column(&client, claim, &[&cursor(None)]).await;
+    let short = first_column(&client, claim, &[&cursor(Some(2_000))]).await;
+    client.batch_execute("rollback").await.unwrap();
+    assert!(default.is_empty(), "250 ms back: {default:?}");
+    assert!(short.is_empty(), "2 s back: {short:?}");
+    let far = first_column(&client, claim, &[&cursor(Some(30_000))]).await;
+    assert_eq!(far, vec![late], "30 s back");
+}
+
 /// Jobs succeeded so far.
 async fn succeeded(client: &tokio_postgres::Client) -> i64 {
     client
