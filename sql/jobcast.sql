@@ -362,7 +362,7 @@ $$;
 -- their head: their entries are dead only if such jobs were claimed lately), the cursor's
 -- priority from `lookback_ms` (default 250) before its run_at (an enqueue that began earlier
 -- but committed after the jobs claimed last: concurrent producers do that all the time; the
--- worker asks for 30 s every 2 s, see src/worker/cursor.rs), lower priorities; a queue and
+-- worker asks for 10 s every 2 s, see src/worker/cursor.rs), lower priorities; a queue and
 -- kind without a cursor from its head. Only a job of the cursor's priority placed further
 -- before it (a run_at already past when it became claimable: a concurrency key admitting
 -- it, an enqueue with an old run_at or a long transaction) waits for the worker's next

@@ -239,6 +239,65 @@ pub async fn claim_jobs_from(
         &[&queues, &kinds, &worker, &limit, &lease_secs, &after],
     )
     .await?;
+    claimed_from_rows(&rows)
+}
+
+/// `jobcast.write_batch` (see `worker::writer`) and then [`claim_jobs_from`], in one
+/// statement and so one transaction: a busy worker's completions and its next claim commit
+/// together, one commit (and one turn of NOTIFY's cluster-wide commit lock) instead of two.
+/// Returns the batch's outcomes and what the claim took.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_and_claim(
+    client: &impl GenericClient,
+    batch_id: &str,
+    ops: &serde_json::Value,
+    queues: &[String],
+    kinds: Option<&[String]>,
+    worker: &str,
+    limit: i32,
+    lease_secs: f64,
+    after: Option<&serde_json::Value>,
+) -> Result<(Vec<bool>, Claimed)> {
+    // The claim's limit depends on the write's row, so the claim runs after the write (a
+    // function scan that did not would be free to run first), and sees what it wrote: the
+    // slots it freed, the jobs it put back. With nothing claimed, one row of nulls carries
+    // the outcomes.
+    let statement = "with w as materialized (select jobcast.write_batch($7, $3, $8) as accepted)
+                     select c.*, current_setting('jobcast.claim_walked', true) as walked,
+                            w.accepted as write_accepted
+                       from w left join lateral jobcast.claim_jobs(
+                            $1, $2, $3, $4 + 0 * cardinality(w.accepted), $5, $6) c on true";
+    let rows = super::query(
+        client,
+        statement,
+        &[
+            &queues,
+            &kinds,
+            &worker,
+            &limit,
+            &lease_secs,
+            &after,
+            &batch_id,
+            ops,
+        ],
+    )
+    .await?;
+    let accepted: Vec<bool> = match rows.first() {
+        Some(row) => row.try_get("write_accepted")?,
+        None => {
+            return Err(super::Error::Unexpected(
+                "write_and_claim returned no row".into(),
+            ))
+        }
+    };
+    let claimed: Vec<_> = rows
+        .into_iter()
+        .filter(|row| matches!(row.try_get::<_, Option<i64>>("id"), Ok(Some(_))))
+        .collect();
+    Ok((accepted, claimed_from_rows(&claimed)?))
+}
+
+fn claimed_from_rows(rows: &[tokio_postgres::Row]) -> Result<Claimed> {
     let walked = match rows.first() {
         Some(row) => row
             .try_get::<_, Option<String>>("walked")?

@@ -364,7 +364,22 @@ async fn claim_once(
 ) -> db::Result<Vec<Job>> {
     let after = cursor.after(Instant::now());
     let from_cursor = after.is_some();
+    let rides = budget.is_none() && state.writer.congested();
     let result = db::deadline(async {
+        if rides {
+            // Commits are slow (NOTIFY's commit lock, a WAL flush under I/O pressure): the
+            // claim rides with the writes queued meanwhile, one commit instead of two (see
+            // Writer::claim). Timed with that write.
+            let started = Instant::now();
+            let args = writer::ClaimArgs {
+                queues: state.args.queues.clone(),
+                kinds: Some(kinds.to_vec()),
+                limit: wanted as i32,
+                lease_secs: state.args.lease_secs,
+                after: after.clone(),
+            };
+            return Ok((state.writer.claim(args).await?, started));
+        }
         let mut client = state.pool.get().await?;
         macro_rules! claim_with {
             ($client:expr) => {
@@ -387,6 +402,7 @@ async fn claim_once(
                 claim_with!(&client).await?
             }
             Some(budget) => {
+                // A probe of the head, under its own statement timeout.
                 let transaction = client.transaction().await?;
                 let timeout = format!("set local statement_timeout = {}", budget.as_millis());
                 transaction.batch_execute(&timeout).await?;
@@ -407,6 +423,7 @@ async fn claim_once(
                 tracing::debug!(
                     from_cursor,
                     probe = budget.is_some(),
+                    rides,
                     walked = claimed.walked,
                     took_ms = took.as_millis() as u64,
                     wanted,

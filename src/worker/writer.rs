@@ -3,14 +3,16 @@
 //! next ops pile up and go out together, with one NOTIFY per statement. At low load each op
 //! is written at once; under load a transaction carries hundreds, so NOTIFY's cluster-wide
 //! commit lock is taken once per batch instead of once per event.
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{self, jobs::Failure};
+use crate::db::{self, jobs::Claimed, jobs::Failure};
 use crate::job::JobId;
 
 /// Most ops written in one transaction.
@@ -76,6 +78,28 @@ struct Queued {
     reply: oneshot::Sender<WriteOutcome>,
 }
 
+/// A claim for the claim loop (see [`Writer::claim`]): the arguments of
+/// `db::jobs::claim_jobs_from`.
+#[allow(missing_docs)]
+pub struct ClaimArgs {
+    pub queues: Vec<String>,
+    pub kinds: Option<Vec<String>>,
+    pub limit: i32,
+    pub lease_secs: f64,
+    /// The claim cursor's positions (`None`: from the head).
+    pub after: Option<Value>,
+}
+
+struct ClaimRequest {
+    args: ClaimArgs,
+    reply: oneshot::Sender<db::Result<Claimed>>,
+}
+
+enum Item {
+    Op(Queued),
+    Claim(ClaimRequest),
+}
+
 impl Op {
     /// About how many bytes the op takes in a batch's JSON.
     fn bytes(&self) -> usize {
@@ -96,10 +120,19 @@ impl Op {
     }
 }
 
+/// A write that took this long (its commit queued behind others on NOTIFY's cluster-wide
+/// commit lock, or a WAL flush slowed by I/O) makes the next claims ride with the writes:
+/// in a clean drain a write takes 1-5 ms, and claims beside the writes keep the two in
+/// parallel (riding always cost a drain 30-40 % of its rate); under a held xmin's pressure
+/// commits took 50-600 ms, and every commit saved shortens that queue.
+const CONGESTED: Duration = Duration::from_millis(25);
+
 /// A handle to the writer task.
 #[derive(Clone)]
 pub struct Writer {
-    sender: mpsc::UnboundedSender<Queued>,
+    sender: mpsc::UnboundedSender<Item>,
+    /// How long the last write took, in microseconds.
+    last_write_us: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -112,13 +145,51 @@ impl Writer {
         give_up: CancellationToken,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(pool, worker_id, receiver, close, give_up));
-        (Writer { sender }, task)
+        let last_write_us = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            pool,
+            worker_id,
+            receiver,
+            close,
+            give_up,
+            last_write_us.clone(),
+        ));
+        (
+            Writer {
+                sender,
+                last_write_us,
+            },
+            task,
+        )
+    }
+
+    /// Whether the last write took [`CONGESTED`] or more: claims should then ride with the
+    /// writes ([`Writer::claim`]) rather than commit on their own.
+    pub fn congested(&self) -> bool {
+        self.last_write_us.load(Ordering::Relaxed) >= CONGESTED.as_micros() as u64
+    }
+
+    /// Claims jobs for this worker, in the same statement as the ops queued meanwhile: a
+    /// busy worker's completions and its next claim then commit together, one commit and
+    /// one NOTIFY turn instead of two (PostgreSQL serializes every notifying commit,
+    /// WAL flush included: under I/O pressure that queue is what slows a queue down). An
+    /// idle writer claims at once, alone.
+    pub async fn claim(&self, args: ClaimArgs) -> db::Result<Claimed> {
+        let (reply, claimed) = oneshot::channel();
+        let stopping = || db::Error::Unexpected("the worker is stopping".into());
+        if self
+            .sender
+            .send(Item::Claim(ClaimRequest { args, reply }))
+            .is_err()
+        {
+            return Err(stopping());
+        }
+        claimed.await.unwrap_or_else(|_| Err(stopping()))
     }
 
     async fn submit(&self, op: Op) -> WriteOutcome {
         let (reply, outcome) = oneshot::channel();
-        if self.sender.send(Queued { op, reply }).is_err() {
+        if self.sender.send(Item::Op(Queued { op, reply })).is_err() {
             return WriteOutcome::Failed("the worker is stopping".into());
         }
         outcome
@@ -152,7 +223,7 @@ impl Writer {
             event,
         };
         // A closed writer drops the op and its reply: the receiver then reads as refused.
-        let _ = self.sender.send(Queued { op, reply });
+        let _ = self.sender.send(Item::Op(Queued { op, reply }));
         accepted
     }
 
@@ -180,20 +251,36 @@ impl Writer {
 async fn run(
     pool: Pool,
     worker_id: String,
-    mut receiver: mpsc::UnboundedReceiver<Queued>,
+    mut receiver: mpsc::UnboundedReceiver<Item>,
     close: CancellationToken,
     give_up: CancellationToken,
+    last_write_us: Arc<AtomicU64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut claim: Option<ClaimRequest> = None;
+    // A second claim that came while the batch already had one (the claim loop asks for
+    // one at a time: not expected), for the next batch.
+    let mut next_claim: Option<ClaimRequest> = None;
     let mut batches: u64 = 0;
     loop {
-        let first = tokio::select! {
-            first = receiver.recv() => first,
-            _ = close.cancelled() => receiver.try_recv().ok(),
+        let first = match next_claim.take() {
+            Some(request) => Some(Item::Claim(request)),
+            None => tokio::select! {
+                first = receiver.recv() => first,
+                _ = close.cancelled() => receiver.try_recv().ok(),
+            },
         };
         let Some(first) = first else { return };
-        let mut bytes = first.op.bytes();
-        batch.push(first);
+        let mut bytes = 0;
+        let mut add = |item: Item, batch: &mut Vec<Queued>, bytes: &mut usize| match item {
+            Item::Op(queued) => {
+                *bytes += queued.op.bytes();
+                batch.push(queued);
+            }
+            Item::Claim(request) if claim.is_none() => claim = Some(request),
+            Item::Claim(request) => next_claim = Some(request),
+        };
+        add(first, &mut batch, &mut bytes);
         // The handlers the last commit woke are runnable but may not have run yet: cut the
         // batch now and it holds the first of their next ops, and the rest wait a whole
         // commit more (a drain at --concurrency 32 averaged 21 completions per commit, a
@@ -202,10 +289,7 @@ async fn run(
             let before = batch.len();
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match receiver.try_recv() {
-                    Ok(next) => {
-                        bytes += next.op.bytes();
-                        batch.push(next);
-                    }
+                    Ok(next) => add(next, &mut batch, &mut bytes),
                     Err(_) => break,
                 }
             }
@@ -224,11 +308,132 @@ async fn run(
                     "{bytes} bytes in one write: more than the {MAX_OP_BYTES} a worker writes at once"
                 )));
             }
+        }
+        let claim = claim.take();
+        if batch.is_empty() {
+            if let Some(request) = claim {
+                let claimed = claim_alone(&pool, &worker_id, &request.args).await;
+                answer_claim(&pool, &worker_id, request, claimed, &give_up).await;
+            }
             continue;
         }
         batches += 1;
         let id = format!("{worker_id}/{batches}");
-        write_until_done(&pool, &worker_id, &id, &mut batch, &give_up).await;
+        let started = Instant::now();
+        let Some(request) = claim else {
+            write_until_done(&pool, &worker_id, &id, &mut batch, &give_up).await;
+            last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            continue;
+        };
+        match write_and_claim(&pool, &worker_id, &id, &batch, &request.args).await {
+            Ok((accepted, claimed)) => {
+                last_write_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                answer_ops(&mut batch, accepted);
+                answer_claim(&pool, &worker_id, request, Ok(claimed), &give_up).await;
+            }
+            Err(e) => {
+                // Rolled back, or (a lost connection) perhaps committed: the batch id tells
+                // its retry which. Written as any batch, then the claim alone.
+                tracing::debug!(error = %e, "a write with a claim failed: writing, then claiming apart");
+                write_until_done(&pool, &worker_id, &id, &mut batch, &give_up).await;
+                let claimed = claim_alone(&pool, &worker_id, &request.args).await;
+                answer_claim(&pool, &worker_id, request, claimed, &give_up).await;
+            }
+        }
+    }
+}
+
+async fn claim_alone(pool: &Pool, worker_id: &str, args: &ClaimArgs) -> db::Result<Claimed> {
+    let client = pool.get().await?;
+    db::jobs::claim_jobs_from(
+        &client,
+        &args.queues,
+        args.kinds.as_deref(),
+        worker_id,
+        args.limit,
+        args.lease_secs,
+        args.after.as_ref(),
+    )
+    .await
+}
+
+async fn write_and_claim(
+    pool: &Pool,
+    worker_id: &str,
+    batch_id: &str,
+    batch: &[Queued],
+    args: &ClaimArgs,
+) -> db::Result<(Vec<bool>, Claimed)> {
+    let ops: Vec<&Op> = batch.iter().map(|q| &q.op).collect();
+    let client = pool.get().await?;
+    let written = tokio::time::timeout(
+        WRITE_DEADLINE,
+        db::jobs::write_and_claim(
+            &client,
+            batch_id,
+            &ops_json(&ops),
+            &args.queues,
+            args.kinds.as_deref(),
+            worker_id,
+            args.limit,
+            args.lease_secs,
+            args.after.as_ref(),
+        ),
+    )
+    .await
+    .unwrap_or(Err(db::Error::TimedOut(WRITE_DEADLINE)))?;
+    if written.0.len() != batch.len() {
+        return Err(db::Error::Unexpected(format!(
+            "write_batch answered {} outcomes for {} ops",
+            written.0.len(),
+            batch.len()
+        )));
+    }
+    Ok(written)
+}
+
+/// Hands the claim loop what its claim took; jobs it no longer waits for (its claim gave up
+/// on a deadline) are handed back at once rather than left leased to nobody.
+async fn answer_claim(
+    pool: &Pool,
+    worker_id: &str,
+    request: ClaimRequest,
+    claimed: db::Result<Claimed>,
+    give_up: &CancellationToken,
+) {
+    let Err(Ok(claimed)) = request.reply.send(claimed) else {
+        return;
+    };
+    if claimed.jobs.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        jobs = claimed.jobs.len(),
+        "jobs claimed after the claim stopped waiting: handing them back"
+    );
+    let mut releases: Vec<Queued> = claimed
+        .jobs
+        .iter()
+        .map(|(job, _)| Queued {
+            op: Op::Release {
+                job_id: job.job_id,
+                attempt: job.attempt,
+            },
+            reply: oneshot::channel().0,
+        })
+        .collect();
+    let id = format!("{worker_id}/unclaimed-{}", claimed.jobs[0].0.id);
+    write_until_done(pool, worker_id, &id, &mut releases, give_up).await;
+}
+
+fn answer_ops(batch: &mut Vec<Queued>, accepted: Vec<bool>) {
+    for (queued, ok) in batch.drain(..).zip(accepted) {
+        let outcome = if ok {
+            WriteOutcome::Accepted
+        } else {
+            WriteOutcome::Refused
+        };
+        let _ = queued.reply.send(outcome);
     }
 }
 
@@ -274,14 +479,7 @@ async fn write_until_done(
         };
         match written {
             Ok(accepted) => {
-                for (queued, ok) in batch.drain(..).zip(accepted) {
-                    let outcome = if ok {
-                        WriteOutcome::Accepted
-                    } else {
-                        WriteOutcome::Refused
-                    };
-                    let _ = queued.reply.send(outcome);
-                }
+                answer_ops(batch, accepted);
                 return;
             }
             Err(e) if e.is_connection() => {
@@ -342,6 +540,26 @@ pub async fn write_ops(
     batch_id: &str,
     batch: &[&Op],
 ) -> db::Result<Vec<bool>> {
+    let client = pool.get().await?;
+    let row = db::query_one(
+        &client,
+        "select jobcast.write_batch($1, $2, $3)",
+        &[&batch_id, &worker_id, &ops_json(batch)],
+    )
+    .await?;
+    let accepted: Vec<bool> = row.try_get(0)?;
+    if accepted.len() != batch.len() {
+        return Err(db::Error::Unexpected(format!(
+            "write_batch answered {} outcomes for {} ops",
+            accepted.len(),
+            batch.len()
+        )));
+    }
+    Ok(accepted)
+}
+
+/// The ops as `jobcast.write_batch` takes them.
+fn ops_json(batch: &[&Op]) -> Value {
     let ops: Vec<Value> = batch
         .iter()
         .map(|op| match op {
@@ -374,22 +592,7 @@ pub async fn write_ops(
             }
         })
         .collect();
-    let client = pool.get().await?;
-    let row = db::query_one(
-        &client,
-        "select jobcast.write_batch($1, $2, $3)",
-        &[&batch_id, &worker_id, &Value::Array(ops)],
-    )
-    .await?;
-    let accepted: Vec<bool> = row.try_get(0)?;
-    if accepted.len() != batch.len() {
-        return Err(db::Error::Unexpected(format!(
-            "write_batch answered {} outcomes for {} ops",
-            accepted.len(),
-            batch.len()
-        )));
-    }
-    Ok(accepted)
+    Value::Array(ops)
 }
 
 /// A write PostgreSQL cancelled for taking too long (statement timeout): rolled back.

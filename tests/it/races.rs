@@ -835,3 +835,75 @@ async fn a_heartbeat_gives_up_on_a_locked_row_instead_of_waiting() {
         .unwrap();
     assert_eq!(held, vec![id]);
 }
+
+/// A busy worker's group commit carries its next claim (`db::jobs::write_and_claim`): the
+/// claim runs after the write in the same statement and sees what it freed (here the one
+/// slot of a queue limited to one running job), and a write that fails takes the claim
+/// with it (nothing claimed, nothing written: the writer then writes and claims apart).
+#[tokio::test]
+async fn a_claim_that_rides_with_a_write_sees_the_slot_it_freed_and_fails_with_it() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into jobcast.queues (name, concurrency) values ('one', 1);
+             select count(*) from jobcast.enqueue_jobs(
+                 '[{\"kind\": \"k\", \"queue\": \"one\"}, {\"kind\": \"k\", \"queue\": \"one\"},
+                   {\"kind\": \"k\", \"queue\": \"one\"}]');",
+        )
+        .await
+        .unwrap();
+    let pool = jobcast::db::pool(&db.url, "jobcast-test", 2).unwrap();
+    let pooled = pool.get().await.unwrap();
+    let queues = ["one".to_string()];
+    let kinds = ["k".to_string()];
+    let first = jobcast::db::jobs::claim_jobs(&pooled, &queues, Some(&kinds), "w", 10, 30.0)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1, "the queue's limit");
+    let complete = json!([{"op": "complete", "job_id": first[0].job_id.0,
+                           "attempt": 1, "result": null}]);
+    let (accepted, claimed) = jobcast::db::jobs::write_and_claim(
+        &pooled,
+        "w/1",
+        &complete,
+        &queues,
+        Some(&kinds),
+        "w",
+        10,
+        30.0,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(accepted, vec![true]);
+    let second: Vec<i64> = claimed.jobs.iter().map(|(job, _)| job.job_id.0).collect();
+    assert_eq!(second.len(), 1, "the slot the completion freed: {second:?}");
+    assert_ne!(second[0], first[0].job_id.0);
+    // An event of a type the database refuses: the statement fails, the claim with it.
+    let refused = json!([{"op": "event", "job_id": second[0],
+                          "attempt": 1, "type": "Not A Type"},
+                         {"op": "complete", "job_id": second[0],
+                          "attempt": 1, "result": null}]);
+    let failed = jobcast::db::jobs::write_and_claim(
+        &pooled,
+        "w/2",
+        &refused,
+        &queues,
+        Some(&kinds),
+        "w",
+        10,
+        30.0,
+        None,
+    )
+    .await;
+    assert!(failed.is_err(), "a refused write fails the claim too");
+    let statuses: Vec<String> = client
+        .query("select status::text from jobcast.jobs order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statuses, ["succeeded", "running", "queued"]);
+}
