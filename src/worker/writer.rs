@@ -382,14 +382,19 @@ async fn write_and_claim(
     )
     .await
     .unwrap_or(Err(db::Error::TimedOut(WRITE_DEADLINE)))?;
-    if written.0.len() != batch.len() {
+    one_outcome_per_op(&written.0, batch.len())?;
+    Ok(written)
+}
+
+/// `write_batch` answers one outcome per op; anything else is a bug, not a result.
+fn one_outcome_per_op(accepted: &[bool], ops: usize) -> db::Result<()> {
+    if accepted.len() != ops {
         return Err(db::Error::Unexpected(format!(
-            "write_batch answered {} outcomes for {} ops",
-            written.0.len(),
-            batch.len()
+            "write_batch answered {} outcomes for {ops} ops",
+            accepted.len()
         )));
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Hands the claim loop what its claim took; jobs it no longer waits for (its claim gave up
@@ -548,13 +553,7 @@ pub async fn write_ops(
     )
     .await?;
     let accepted: Vec<bool> = row.try_get(0)?;
-    if accepted.len() != batch.len() {
-        return Err(db::Error::Unexpected(format!(
-            "write_batch answered {} outcomes for {} ops",
-            accepted.len(),
-            batch.len()
-        )));
-    }
+    one_outcome_per_op(&accepted, batch.len())?;
     Ok(accepted)
 }
 
